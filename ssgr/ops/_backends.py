@@ -1,0 +1,8 @@
+"""Imports every op module so their backends register themselves.
+
+The reference and cpu implementations live beside each op's public function; GPU backends
+(``triton`` from ssgr.kernels, ``cuda`` from ssgr._cuda) register from their own glue modules,
+whose probes say why they cannot run where that is so.
+"""
+
+from . import hessian, masks, obs  # noqa: F401

@@ -1,0 +1,136 @@
+"""Hessian accumulation: ``H[d, d] += X^T X`` in fp32 for activations ``X[..., d]``.
+
+``HessianAccumulator`` is what a forward hook feeds: any number of ``add(X)`` calls with chunks of
+any token count (a 32k-token trace is one call), token counting, Wanda's column squared norms, and
+token-averaged results. Scale note: ssgr averages over *tokens* (llm-compressor scales by
+2/num_sequences); a uniform scale changes neither SparseGPT's nor Wanda's choices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _checks, reference
+from ._registry import register, resolve
+
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+register("hessian", "reference", devices=("cpu", "cuda", "meta"))(reference.hessian_accumulate)
+
+
+def _check(H: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    _checks.tensor("H", H, ndim=2)
+    _checks.tensor("X", X)
+    if H.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"H has dtype {H.dtype}; the Hessian accumulates in float32 (or float64)")
+    if H.shape[0] != H.shape[1]:
+        raise ValueError(f"H must be square [d, d], got {tuple(H.shape)}")
+    if X.dim() < 1 or X.shape[-1] != H.shape[0]:
+        raise ValueError(
+            f"X has shape {tuple(X.shape)} but H is {tuple(H.shape)}: X's last dimension must be "
+            f"d={H.shape[0]} (the module's input features)"
+        )
+    _checks.floating("X", X, _X_DTYPES)
+    if X.dtype == torch.float64 and H.dtype != torch.float64:
+        raise ValueError("X is float64 but H is float32; use a float64 H for an fp64 oracle")
+    _checks.same_device(H=H, X=X)
+    if not H.is_contiguous():
+        raise ValueError("H must be contiguous (allocate it with torch.zeros(d, d))")
+    return X.reshape(-1, X.shape[-1])
+
+
+def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, backend: str | None = None) -> None:
+    """Add ``X^T X`` into ``H`` in place.
+
+    Args:
+        H: ``[d, d]`` float32 (float64 for an oracle), contiguous; updated in place.
+        X: ``[..., d]`` float32/bfloat16/float16 activations; all leading dims are tokens.
+        backend: force a backend (see ``ssgr info``); None dispatches by device.
+    """
+    X2 = _check(H, X)
+    if X2.shape[0] == 0:
+        return
+    _, fn = resolve("hessian", H.device, backend)
+    fn(H, X2)
+
+
+class HessianAccumulator:
+    """Streaming ``X^T X`` and column squared norms of a module's input, token-averaged.
+
+    Args:
+        d: input features of the module(s) sharing this input.
+        device: where ``H[d, d]`` (float32) lives.
+        hessian: False keeps only the column squared norms (Wanda needs no ``d x d`` matrix).
+        name: module name(s) used in error messages.
+        backend: forced backend for :func:`hessian_accumulate`.
+    """
+
+    def __init__(
+        self,
+        d: int,
+        device: torch.device | str = "cpu",
+        *,
+        hessian: bool = True,
+        name: str = "",
+        backend: str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(d, int) or d <= 0:
+            raise ValueError(f"d must be a positive int (input features), got {d!r}")
+        self.d = d
+        self.device = torch.device(device)
+        self.name = name
+        self.backend = backend
+        self.tokens = 0
+        self.H: torch.Tensor | None = (
+            torch.zeros(d, d, dtype=dtype, device=self.device) if hessian else None
+        )
+        self._sq = None if hessian else torch.zeros(d, dtype=dtype, device=self.device)
+
+    def add(self, X: torch.Tensor) -> None:
+        """Accumulate activations ``X[..., d]`` (moved to the accumulator's device)."""
+        X = X.detach()
+        if X.device != self.device:
+            X = X.to(self.device, non_blocking=True)
+        if self.H is not None:
+            try:
+                hessian_accumulate(self.H, X, backend=self.backend)
+            except ValueError as exc:
+                raise ValueError(f"{self.name or 'HessianAccumulator'}: {exc}") from None
+            self.tokens += X.numel() // self.d
+            return
+        if X.shape[-1] != self.d:
+            raise ValueError(
+                f"{self.name or 'HessianAccumulator'}: X has shape {tuple(X.shape)}, expected "
+                f"last dimension d={self.d}"
+            )
+        X2 = X.reshape(-1, self.d)
+        reference.col_sq_norms_accumulate(self._sq, X2)
+        self.tokens += X2.shape[0]
+
+    def _checked(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        if self.tokens == 0:
+            raise ValueError(
+                f"{self.name or 'HessianAccumulator'}: no tokens were added; the module never saw "
+                "calibration input (check the calibration set and the module's hooks)"
+            )
+        out = t / self.tokens
+        _checks.finite(
+            f"{self.name or 'HessianAccumulator'} {what}",
+            out,
+            "the module's calibration activations overflowed or contain NaN/Inf "
+            "(try float32/bfloat16 instead of float16, or inspect the calibration data)",
+        )
+        return out
+
+    def hessian(self) -> torch.Tensor:
+        """Token-averaged ``H[d, d] = X^T X / tokens`` (float32)."""
+        if self.H is None:
+            raise ValueError(f"{self.name or 'HessianAccumulator'} was created with hessian=False")
+        return self._checked(self.H, "Hessian")
+
+    def col_sq_norms(self) -> torch.Tensor:
+        """Token-averaged column squared norms ``[d]`` (= diag of :meth:`hessian`)."""
+        src = self.H.diagonal() if self.H is not None else self._sq
+        return self._checked(src, "column norms")

@@ -1,0 +1,90 @@
+"""Hessian accumulation: streaming == one shot, fp64 oracle, dtypes, token counting, Wanda norms,
+bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssgr.ops import HessianAccumulator, hessian_accumulate, support_matrix
+
+BACKENDS = ["reference"] + [b for b in ("cpu", "triton", "cuda") if support_matrix()["hessian"][b] is None]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_hessian_vs_float64_oracle(seed, backend, dtype):
+    X = torch.randn(333, 67).to(dtype)
+    H = torch.zeros(67, 67)
+    hessian_accumulate(H, X, backend=backend)
+    oracle = X.double().T @ X.double()
+    ref = torch.zeros(67, 67)
+    hessian_accumulate(ref, X, backend="reference")
+    err_ref = (ref.double() - oracle).abs().max().item()
+    err = (H.double() - oracle).abs().max().item()
+    assert err <= 2 * err_ref + 1e-4 * oracle.abs().max().item()
+    torch.testing.assert_close(H, H.T)  # symmetric
+
+
+def test_streaming_equals_one_shot_and_counts_tokens(seed):
+    X = torch.randn(3, 101, 24)
+    acc = HessianAccumulator(24)
+    for piece in (X[0], X[1, :7], X[1, 7:], X[2:]):  # 2-D and 3-D chunks of any length
+        acc.add(piece)
+    assert acc.tokens == 303
+    flat = X.reshape(-1, 24).double()
+    torch.testing.assert_close(acc.hessian().double(), flat.T @ flat / 303, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(acc.col_sq_norms().double(), (flat**2).mean(0), rtol=1e-5, atol=1e-5)
+    norms_only = HessianAccumulator(24, hessian=False)
+    norms_only.add(X)
+    assert norms_only.H is None and norms_only.tokens == 303
+    torch.testing.assert_close(norms_only.col_sq_norms(), acc.col_sq_norms(), rtol=1e-5, atol=1e-6)
+
+
+def test_long_trace_is_chunked(seed):
+    """A trace longer than the upcast chunk gives the same H as one matmul."""
+    from ssgr.ops import reference
+
+    X = torch.randn(1000, 16).bfloat16()
+    H = torch.zeros(16, 16)
+    reference.hessian_accumulate(H, X, chunk=64)
+    Xf = X.float()
+    torch.testing.assert_close(H, Xf.T @ Xf, rtol=1e-5, atol=1e-4)
+
+
+def test_empty_input_is_a_no_op():
+    H = torch.zeros(4, 4)
+    hessian_accumulate(H, torch.zeros(0, 4))
+    assert not H.any()
+
+
+@pytest.mark.parametrize(
+    "H,X,match",
+    [
+        (torch.zeros(4, 4), torch.randn(3, 5), "last dimension must be d=4"),
+        (torch.zeros(4, 5), torch.randn(3, 5), "square"),
+        (torch.zeros(4, 4, dtype=torch.bfloat16), torch.randn(3, 4), "accumulates in float32"),
+        (torch.zeros(4, 4), torch.ones(3, 4, dtype=torch.int64), "X has dtype"),
+        (torch.zeros(4, 4), torch.randn(3, 4).double(), "float64 H"),
+        (torch.zeros(4, 4), torch.randn(3, 4, device="meta"), "one device"),
+        (torch.zeros(4, 8)[:, :4], torch.randn(3, 4), "contiguous"),
+    ],
+)
+def test_bad_input(H, X, match):
+    with pytest.raises(ValueError, match=match):
+        hessian_accumulate(H, X)
+
+
+def test_accumulator_errors_name_the_module():
+    acc = HessianAccumulator(8, name="model.layers.3.mlp.down_proj")
+    with pytest.raises(ValueError, match="down_proj: no tokens"):
+        acc.hessian()
+    with pytest.raises(ValueError, match="down_proj: X has shape"):
+        acc.add(torch.randn(2, 7))
+    bad = torch.randn(5, 8)
+    bad[2, 3] = float("inf")
+    acc.add(bad)
+    with pytest.raises(ValueError, match="down_proj Hessian has .* NaN/Inf"):
+        acc.hessian()
+    with pytest.raises(ValueError, match="positive int"):
+        HessianAccumulator(0)

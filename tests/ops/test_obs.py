@@ -1,0 +1,182 @@
+"""sparsegpt_prune: reference == llm-compressor, every backend == reference, fp64 oracle, ties,
+dead columns, ill-conditioned H, damping retries and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _util import peer_sparsify, random_hessian
+
+from ssgr.ops import BackendError, CholeskyError, sparsegpt_prune, support_matrix
+
+FAST_BACKENDS = [b for b in ("cpu", "triton", "cuda") if support_matrix()["sparsegpt"][b] is None]
+
+# (rows, cols, blocksize, kwargs, llm-compressor's (sparsity, prune_n, prune_m))
+CASES = [
+    (37, 100, 32, dict(sparsity=0.5), (0.5, 0, 0)),  # partial last block (4 columns)
+    (37, 100, 32, dict(n=2, m=4), (0.0, 2, 4)),
+    (29, 104, 32, dict(n=4, m=8), (0.0, 4, 4 * 2)),
+    (16, 96, 48, dict(n=1, m=4), (0.0, 3, 4)),  # keep 1 of 4 = llm-compressor prune_n=3
+    (64, 128, 128, dict(sparsity=0.7), (0.7, 0, 0)),
+]
+
+
+def _check_pattern(mask: torch.Tensor, kw: dict, blocksize: int) -> None:
+    if "n" in kw:
+        groups = mask.reshape(mask.shape[0], -1, kw["m"]).sum(-1)
+        assert bool((groups == kw["n"]).all()), "N:M: exactly n kept in every group of m"
+    else:
+        for i1 in range(0, mask.shape[1], blocksize):
+            blk = mask[:, i1 : i1 + blocksize]
+            assert int((~blk).sum()) >= int(blk.numel() * kw["sparsity"]) + 1
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
+def test_reference_equals_llmcompressor(seed, rows, cols, bs, kw, peer):
+    W = torch.randn(rows, cols)
+    H = random_hessian(cols)
+    Qp, lp = peer_sparsify(W, H, *peer, blocksize=bs)
+    res = sparsegpt_prune(W, H, blocksize=bs, backend="reference", **kw)
+    torch.testing.assert_close(res.weight, Qp, rtol=0, atol=0)
+    assert res.loss == pytest.approx(lp, rel=1e-6)
+    assert res.damping == 0.01
+    _check_pattern(res.mask, kw, bs)
+    # pruned exactly where the mask says so (a kept weight may be 0 only by accident)
+    assert bool((res.weight[~res.mask] == 0).all())
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
+def test_backend_equals_reference(seed, backend, dtype, rows, cols, bs, kw, peer):
+    W = torch.randn(rows, cols).to(dtype)
+    H = random_hessian(cols)
+    ref = sparsegpt_prune(W, H, blocksize=bs, backend="reference", **kw)
+    out = sparsegpt_prune(W, H, blocksize=bs, backend=backend, **kw)
+    assert out.weight.dtype == dtype and out.mask.dtype == torch.bool
+    assert torch.equal(out.mask, ref.mask)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(out.weight.float(), ref.weight.float(), rtol=tol, atol=tol)
+    assert out.loss == pytest.approx(ref.loss, rel=1e-4)
+    _check_pattern(out.mask, kw, bs)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+@pytest.mark.parametrize("kw", [dict(sparsity=0.5), dict(n=2, m=4)])
+def test_error_vs_float64_oracle(seed, backend, kw):
+    """fp32 error against the float64 oracle is no worse than 2x the fp32 reference's."""
+    W = torch.randn(48, 256)
+    H = random_hessian(256)
+    oracle = sparsegpt_prune(W.double(), H.double(), blocksize=64, backend="reference", **kw)
+    ref32 = sparsegpt_prune(W, H, blocksize=64, backend="reference", **kw)
+    out = sparsegpt_prune(W, H, blocksize=64, backend=backend, **kw)
+    assert torch.equal(out.mask, oracle.mask)
+    err_ref = (ref32.weight.double() - oracle.weight).abs().max().item()
+    err = (out.weight.double() - oracle.weight).abs().max().item()
+    assert err <= 2 * err_ref + 1e-6
+    assert abs(out.loss - oracle.loss) <= 2 * abs(ref32.loss - oracle.loss) + 1e-6 * oracle.loss
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+@pytest.mark.parametrize("kw", [dict(sparsity=0.5), dict(n=2, m=4), dict(n=4, m=8)])
+def test_ties_keep_the_pattern(seed, backend, kw):
+    """Many exactly equal weights and a diagonal H: the pattern still holds exactly."""
+    W = torch.randint(-2, 3, (24, 64)).float()
+    H = torch.eye(64) * 2.0
+    res = sparsegpt_prune(W, H, blocksize=32, backend=backend, **kw)
+    _check_pattern(res.mask, kw, 32)
+    # with H diagonal there is no compensation: kept weights are unchanged
+    torch.testing.assert_close(res.weight[res.mask], W[res.mask])
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_dead_columns(seed, backend):
+    W = torch.randn(20, 64)
+    X = torch.randn(200, 64)
+    X[:, [3, 17, 40]] = 0  # inputs that never fire
+    H = X.T @ X
+    res = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend=backend)
+    assert bool((res.weight[:, [3, 17, 40]] == 0).all())
+    assert torch.equal(H.diagonal()[[3, 17, 40]], torch.zeros(3))  # caller's H untouched
+    ref = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="reference")
+    assert torch.equal(res.mask, ref.mask)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_rank_deficient_hessian_is_damped(seed, backend):
+    """Fewer tokens than inputs: H is singular, damping alone makes it work."""
+    X = torch.randn(16, 96)
+    W = torch.randn(12, 96)
+    res = sparsegpt_prune(W, X.T @ X, sparsity=0.5, blocksize=32, backend=backend)
+    assert res.damping == 0.01 and torch.isfinite(res.weight).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_indefinite_hessian_retries_with_more_damping(seed, backend, caplog):
+    c = 32
+    H = random_hessian(c)
+    H -= 0.3 * H.diagonal().mean() * torch.eye(c)  # negative eigenvalues: fails at 0.01 and 0.1
+    evals = torch.linalg.eigvalsh(H)
+    assert evals.min() < -0.11 * H.diagonal().mean()  # really needs damping 1.0
+    W = torch.randn(8, c)
+    res = sparsegpt_prune(W, H, sparsity=0.5, blocksize=16, backend=backend)
+    assert res.damping == pytest.approx(1.0)
+    assert "damping" in caplog.text
+    with pytest.raises(CholeskyError, match="damping 0.01, 0.1, 1, 10"):
+        sparsegpt_prune(W, -torch.eye(c), sparsity=0.5, backend=backend)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(W=torch.randn(4, 8), H=torch.eye(6), sparsity=0.5), r"H must be \[c, c\] = \[8, 8\]"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8).half(), sparsity=0.5), "float32"),
+        (dict(W=torch.randint(0, 3, (4, 8)), H=torch.eye(8), sparsity=0.5), "W has dtype"),
+        (dict(W=torch.randn(8), H=torch.eye(8), sparsity=0.5), "W must be 2-D"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), sparsity=1.0), r"\[0, 1\)"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), sparsity=-0.1), r"\[0, 1\)"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8)), "give either sparsity"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), sparsity=0.5, n=2, m=4), "not both"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), n=4, m=4), "0 < n < m"),
+        (dict(W=torch.randn(4, 10), H=torch.eye(10), n=2, m=4), "not divisible by m=4"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), n=2, m=4, blocksize=6), "multiple of m=4"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), sparsity=0.5, blocksize=0), "blocksize"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8), sparsity=0.5, percdamp=0), "percdamp"),
+        (dict(W=torch.full((4, 8), float("nan")), H=torch.eye(8), sparsity=0.5), "W has 32 NaN/Inf"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8) * float("inf"), sparsity=0.5), "H has .* NaN/Inf"),
+        (dict(W=torch.randn(4, 8), H=torch.eye(8, device="meta"), sparsity=0.5), "one device"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    W, H = kwargs.pop("W"), kwargs.pop("H")
+    with pytest.raises(ValueError, match=match):
+        sparsegpt_prune(W, H, **kwargs)
+
+
+def test_forced_backend_errors(monkeypatch):
+    W, H = torch.randn(4, 8), torch.eye(8)
+    with pytest.raises(BackendError, match="not a backend"):
+        sparsegpt_prune(W, H, sparsity=0.5, backend="fast")
+    if support_matrix()["sparsegpt"]["cuda"] is not None:
+        with pytest.raises(BackendError, match="'cuda'"):
+            sparsegpt_prune(W, H, sparsity=0.5, backend="cuda")
+    monkeypatch.setenv("SSGR_BACKEND", "nonsense")
+    with pytest.raises(BackendError, match="SSGR_BACKEND='nonsense'"):
+        sparsegpt_prune(W, H, sparsity=0.5)
+
+
+def test_env_backend_is_strict(monkeypatch):
+    """SSGR_BACKEND forces the backend; an unavailable one is an error, not a fallback."""
+    import ssgr.ops._cpu as cpu
+
+    W, H = torch.randn(4, 8), torch.eye(8)
+    monkeypatch.setenv("SSGR_BACKEND", "cpu")
+    monkeypatch.setattr(cpu, "probe", lambda: "pretend the build is missing")
+    from ssgr.ops import _registry
+
+    monkeypatch.setattr(_registry._REG.impls["sparsegpt"]["cpu"], "probe", cpu.probe)
+    with pytest.raises(BackendError, match="unavailable .*pretend the build is missing"):
+        sparsegpt_prune(W, H, sparsity=0.5)
+    monkeypatch.setenv("SSGR_BACKEND", "reference")
+    assert sparsegpt_prune(W, H, sparsity=0.5).mask.shape == (4, 8)

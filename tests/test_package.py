@@ -1,0 +1,114 @@
+"""Packaging promises: no top-level `kernels`, no work at import, the CLI, the CUDA build switch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+    # run from an empty directory so the repo root is not on sys.path
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_transformers_still_sees_no_kernels_package(tmp_path):
+    r = _run(
+        "import importlib.util, ssgr, ssgr.kernels\n"
+        "assert importlib.util.find_spec('kernels') is None, 'top-level kernels importable'\n"
+        "from transformers.utils.import_utils import is_kernels_available\n"
+        "print(is_kernels_available())",
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+def test_import_has_no_side_effects(tmp_path):
+    r = _run(
+        "import logging, sys, ssgr\n"
+        "assert 'torch' not in sys.modules, 'import ssgr imported torch'\n"
+        "assert not logging.getLogger().handlers, 'import ssgr configured logging'\n"
+        "import ssgr.ops\n"
+        "assert 'ssgr._C' not in sys.modules and 'triton' not in sys.modules\n",
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_info_prints_the_support_matrix(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "ssgr", "info"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for op in ("hessian", "sparsegpt", "nm_mask", "topk_mask", "wanda_scores"):
+        assert op in out
+    assert "reference" in out and "cpu" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("sparsegpt"))
+    assert line.split()[1:3] == ["yes", "yes"]  # reference and the C++ cpu backend run here
+
+
+def test_demo_prunes_two_four(capsys):
+    from ssgr.demo import run_demo
+
+    out = run_demo(sparsity="2:4", layers=1, hidden=64, sequences=2, seq_len=32, seed=3)
+    reports = out["reports"]
+    assert len(reports) == 7  # q, k, v, o, gate, up, down
+    assert all(abs(r.sparsity - 0.5) < 1e-9 and r.tokens == 64 for r in reports)
+    assert "model.layers.0.mlp.down_proj" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_cleanly(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "ssgr", "demo", "--sparsity", "5:4"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2
+    assert "need 0 < N < M" in r.stderr and "Traceback" not in r.stderr
+
+
+def _setup_module():
+    spec = importlib.util.spec_from_file_location("ssgr_setup", ROOT / "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # setup() runs only under __main__
+    return mod
+
+
+def test_cuda_build_switch(monkeypatch):
+    mod = _setup_module()
+    monkeypatch.setenv("SSGR_SKIP_CUDA", "1")
+    assert mod.cuda_extension_or_reason() == (None, "SSGR_SKIP_CUDA=1")
+    monkeypatch.delenv("SSGR_SKIP_CUDA")
+    ext, reason = mod.cuda_extension_or_reason()
+    import torch
+
+    if torch.version.cuda is None:
+        assert ext is None and reason is not None
+    assert mod.cpu_extension().name == "ssgr._C"
+
+
+@pytest.mark.parametrize("text,expect", [("2:4", (None, 2, 4)), ("0.5", (0.5, 0, 0)), (0.7, (0.7, 0, 0))])
+def test_parse_pattern(text, expect):
+    from ssgr.prune.pattern import parse_pattern
+
+    p = parse_pattern(text)
+    assert (p.sparsity, p.n, p.m) == expect
+
+
+@pytest.mark.parametrize("text", ["4:2", "a:b", "1.0", "half", "-0.1", "0:4"])
+def test_parse_pattern_rejects(text):
+    from ssgr.prune.pattern import parse_pattern
+
+    with pytest.raises(ValueError):
+        parse_pattern(text)
