@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -89,16 +89,7 @@ def build():
         cmdclass["build_ext"] = build_ext
         _log(f"skipping the CUDA extension: {reason}")
     setup(
-        packages=[
-            "ssgr",
-            "ssgr.ops",
-            "ssgr.prune",
-            "ssgr.data",
-            "ssgr.eval",
-            "ssgr.compat",
-            "ssgr.models",
-            "ssgr.kernels",
-        ],
+        packages=find_packages(include=["ssgr", "ssgr.*"]) + ["ssgr.kernels"],
         package_dir={"ssgr": "ssgr", "ssgr.kernels": "kernels"},
         ext_modules=ext_modules,
         cmdclass=cmdclass,
