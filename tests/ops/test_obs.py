@@ -46,6 +46,22 @@ def test_reference_equals_llmcompressor(seed, rows, cols, bs, kw, peer):
     assert bool((res.weight[~res.mask] == 0).all())
 
 
+@pytest.mark.peer
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
+def test_backend_equals_llmcompressor(seed, backend, rows, cols, bs, kw, peer):
+    W = torch.randn(rows, cols)
+    H = random_hessian(cols)
+    Qp, lp = peer_sparsify(W, H, *peer, blocksize=bs)
+    res = sparsegpt_prune(W, H, blocksize=bs, backend=backend, **kw)
+    keep_p = torch.ones_like(res.mask)
+    keep_p[Qp == 0] = False
+    res_keep = res.mask & (res.weight != 0)  # a kept weight can be 0 by accident in both
+    assert torch.equal(res_keep, keep_p)
+    torch.testing.assert_close(res.weight, Qp, rtol=1e-4, atol=1e-4)
+    assert res.loss == pytest.approx(lp, rel=1e-4)
+
+
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
