@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", default=None, help="force a backend (see `ssgr info`)")
     s.set_defaults(func=_cmd_demo)
+
+    from ssgr.data import cli as data_cli
+
+    data_cli.register(sub)
     return p
 
 
