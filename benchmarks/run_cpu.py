@@ -32,9 +32,12 @@ def main() -> int:
     rc = subprocess.call(cmd, cwd=HERE)
     if rc == 0:
         sys.path.insert(0, str(HERE))
-        from report import table
+        from report import plot, table
 
-        sys.stdout.write(table(str(out)) + "\n")
+        md = table(str(out))
+        out.with_suffix(".md").write_text(md + "\n")
+        plot(str(out), str(out.with_suffix(".png")))
+        sys.stdout.write(md + "\n")
     return rc
 
 
