@@ -58,7 +58,7 @@ def _prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype) -> tuple[torc
     """``W`` copied to ``dtype`` with dead columns (``H_ii == 0``) zeroed, and ``H`` in ``dtype``
     with ``H_ii := 1`` there (a copy only when it has to change; the caller's H is never
     modified)."""
-    Wc = W.to(dtype=dtype, copy=True)
+    Wc = W.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)  # row-major
     dead = torch.diag(H) == 0
     Hc = H.to(dtype)
     if bool(dead.any()):

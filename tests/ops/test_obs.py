@@ -106,6 +106,22 @@ def test_ties_keep_the_pattern(seed, backend, kw):
     torch.testing.assert_close(res.weight[res.mask], W[res.mask])
 
 
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_non_contiguous_weight(seed, backend):
+    """A transposed or strided view of W gives the same result as its contiguous copy."""
+    base = torch.randn(96, 40)
+    W = base.T  # [40, 96], column-major
+    H = random_hessian(96)
+    ref = sparsegpt_prune(W.contiguous(), H, n=2, m=4, blocksize=32, backend="reference")
+    out = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend=backend)
+    assert torch.equal(out.mask, ref.mask)
+    torch.testing.assert_close(out.weight, ref.weight, rtol=1e-4, atol=1e-4)
+    strided = torch.randn(40, 192)[:, ::2]
+    out = sparsegpt_prune(strided, H, sparsity=0.5, blocksize=32, backend=backend)
+    ref = sparsegpt_prune(strided.contiguous(), H, sparsity=0.5, blocksize=32, backend="reference")
+    assert torch.equal(out.mask, ref.mask)
+
+
 @pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 def test_dead_columns(seed, backend):
     W = torch.randn(20, 64)
