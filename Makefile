@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
-.PHONY: setup run test bench cuda-check clean
+.PHONY: setup run test bench cuda-check gpu clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,24 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run_cpu.py
 
-# Compile-check every CUDA source for sm_90a (no GPU needed).
+# Compile-check every CUDA source for sm_90a with the build's flags (no GPU needed); a warning is
+# an error. The bindings (csrc/cuda_*.cpp) need a CUDA torch and are compiled by `make gpu`.
+NVCC ?= nvcc
 cuda-check:
-	@set -e; for f in $(wildcard csrc/*.cu); do echo "nvcc $$f"; nvcc -std=c++17 -arch=sm_90a -c $$f -o /dev/null; done
+	@set -e; for f in $(wildcard csrc/*.cu); do echo "nvcc $$f"; $(NVCC) -std=c++17 -arch=sm_90a -O3 --use_fast_math -Werror all-warnings -c $$f -o /dev/null; done
+
+# On a GPU machine that already has torch, triton, pybind11, pytest and pytest-benchmark (no
+# internet): build ssgr with the CUDA extension for sm_90a, run the GPU tests, then the GPU
+# benchmarks at Qwen-14B layer shapes (JSON in benchmarks/results/, named after the device).
+# llm-compressor (the OBS peer) is installed from $(GPU_WHEELS) when it is not importable.
+GPU_PYTHON ?= python3
+GPU_WHEELS ?= benchmarks/wheels
+gpu:
+	TORCH_CUDA_ARCH_LIST=9.0a $(GPU_PYTHON) -m pip install -q --no-build-isolation --no-deps --no-index -e .
+	$(GPU_PYTHON) -c "import torch, ssgr._cuda; assert torch.cuda.is_available(), 'no CUDA device'"
+	$(GPU_PYTHON) -c "import llmcompressor" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --find-links $(GPU_WHEELS) llmcompressor==0.14.0.1 || echo "llm-compressor unavailable: the OBS peer is reported as missing"
+	cd tests && $(GPU_PYTHON) -m pytest -q -p no:cacheprovider ops
+	$(GPU_PYTHON) benchmarks/gpu.py
 
 clean:
 	rm -rf build *.egg-info ssgr/*.so $(VENV)

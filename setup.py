@@ -2,7 +2,7 @@
 
 * ``ssgr._C``: the CPU kernels (C++17, OpenMP, pybind11) from ``csrc/*.cpp``. Always built; it
   needs only a C++ compiler (no torch headers: tensors cross the boundary as raw pointers).
-* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ ``csrc/cuda_bindings.cpp``). Built only
+* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ the bindings ``csrc/cuda_*.cpp``). Built only
   when torch has CUDA, ``nvcc`` is found and there are ``.cu`` sources; ``SSGR_SKIP_CUDA=1`` skips
   it. Arch list from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``9.0a``).
 

@@ -6,3 +6,4 @@ whose probes say why they cannot run where that is so.
 """
 
 from . import hessian, masks, obs  # noqa: F401
+from . import _cuda, _triton  # noqa: F401,E402  (GPU backends; their probes import lazily)

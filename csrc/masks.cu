@@ -1,0 +1,297 @@
+// CUDA mask kernels: N:M keep mask, per-row unstructured top-k, 2:4 packing. Plain CUDA (cub is
+// header-only): no torch headers; bindings in cuda_ops.cpp.
+//
+// * nm_mask: one thread per group of m; keep the n largest (ties keep the lower column).
+// * topk_mask: one block per row; radix select of the n_prune-th smallest order-preserving key
+//   (one bit per pass over the row, which stays in L1/L2), then the mask with ties pruned in index
+//   order (a block-wide prefix scan over each chunk). Per layer is one row of r * c (one block:
+//   correct but not spread over the device).
+// * pack_24: one thread per 8 columns: 4 kept values and one metadata byte (two nibbles of
+//   idx0 | idx1 << 2, the even group in the low nibble).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+namespace ssgr_cuda {
+
+namespace {
+
+template <typename T>
+__device__ inline float to_f(T v) { return static_cast<float>(v); }
+template <>
+__device__ inline float to_f<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ inline float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T, typename F>
+__global__ void nm_mask_kernel(const T* __restrict__ s, int64_t ld, int64_t groups_per_row,
+                               int64_t n_groups, int n, int m, uint8_t* __restrict__ keep) {
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= n_groups) return;
+  const int64_t row = q / groups_per_row, c0 = (q % groups_per_row) * m;
+  const T* g = s + row * ld + c0;
+  uint8_t* k = keep + row * groups_per_row * m + c0;
+  for (int j = 0; j < m; ++j) {
+    const F sj = static_cast<F>(to_f(g[j]));
+    int rank = 0;
+    for (int i = 0; i < m; ++i) {
+      const F si = static_cast<F>(to_f(g[i]));
+      rank += (si > sj) || (si == sj && i < j);
+    }
+    k[j] = rank < n ? 1 : 0;
+  }
+}
+
+template <>
+__global__ void nm_mask_kernel<double, double>(const double* __restrict__ s, int64_t ld,
+                                               int64_t groups_per_row, int64_t n_groups, int n,
+                                               int m, uint8_t* __restrict__ keep) {
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= n_groups) return;
+  const int64_t row = q / groups_per_row, c0 = (q % groups_per_row) * m;
+  const double* g = s + row * ld + c0;
+  uint8_t* k = keep + row * groups_per_row * m + c0;
+  for (int j = 0; j < m; ++j) {
+    int rank = 0;
+    for (int i = 0; i < m; ++i) rank += (g[i] > g[j]) || (g[i] == g[j] && i < j);
+    k[j] = rank < n ? 1 : 0;
+  }
+}
+
+// Order-preserving unsigned keys; -0.0 is mapped to +0.0 first (they tie, as in torch.sort).
+__device__ inline uint32_t key_of(float x) {
+  uint32_t b = __float_as_uint(x);
+  if ((b & 0x7fffffffu) == 0) b = 0;
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ inline uint64_t key_of(double x) {
+  uint64_t b = static_cast<uint64_t>(__double_as_longlong(x));
+  if ((b & 0x7fffffffffffffffull) == 0) b = 0;
+  return (b & 0x8000000000000000ull) ? ~b : (b | 0x8000000000000000ull);
+}
+
+template <typename T>
+struct KeyOf {
+  using F = float;
+  using K = uint32_t;
+};
+template <>
+struct KeyOf<double> {
+  using F = double;
+  using K = uint64_t;
+};
+
+constexpr int TOPK_THREADS = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(TOPK_THREADS)
+    topk_row_kernel(const T* __restrict__ s, int64_t L, int64_t ld, int64_t n_prune,
+                    uint8_t* __restrict__ keep) {
+  using F = typename KeyOf<T>::F;
+  using K = typename KeyOf<T>::K;
+  using Reduce = cub::BlockReduce<long long, TOPK_THREADS>;
+  using Scan = cub::BlockScan<int, TOPK_THREADS>;
+  __shared__ typename Reduce::TempStorage red;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ long long total;
+  const T* x = s + static_cast<int64_t>(blockIdx.x) * ld;
+  uint8_t* out = keep + static_cast<int64_t>(blockIdx.x) * L;
+  constexpr int NB = sizeof(K) * 8;
+  auto count_below = [&](K cand) -> long long {
+    long long c = 0;
+    for (int64_t i = threadIdx.x; i < L; i += TOPK_THREADS)
+      c += key_of(static_cast<F>(to_f(x[i]))) < cand;
+    const long long sum = Reduce(red).Sum(c);
+    if (threadIdx.x == 0) total = sum;
+    __syncthreads();
+    const long long r = total;
+    __syncthreads();
+    return r;
+  };
+  // thr = the n_prune-th smallest key: the largest t with #{key < t} < n_prune
+  K thr = 0;
+  for (int bit = NB - 1; bit >= 0; --bit) {
+    const K cand = thr | (K(1) << bit);
+    if (count_below(cand) < n_prune) thr = cand;
+  }
+  const long long quota = n_prune - count_below(thr);
+  long long seen = 0;
+  for (int64_t base = 0; base < L; base += TOPK_THREADS) {
+    const int64_t i = base + threadIdx.x;
+    const bool in = i < L;
+    const K k = in ? key_of(static_cast<F>(to_f(x[i]))) : K(0);
+    const int tie = (in && k == thr) ? 1 : 0;
+    int incl, block_ties;
+    Scan(scan).InclusiveSum(tie, incl, block_ties);
+    if (in) {
+      const bool pruned = k < thr || (tie && seen + incl <= quota);
+      out[i] = pruned ? 0 : 1;
+    }
+    seen += block_ties;
+    __syncthreads();
+  }
+}
+
+// Specialisation for double keys uses key_of(double); the generic path converts through float.
+template <>
+__global__ void __launch_bounds__(TOPK_THREADS)
+    topk_row_kernel<double>(const double* __restrict__ s, int64_t L, int64_t ld, int64_t n_prune,
+                            uint8_t* __restrict__ keep) {
+  using K = uint64_t;
+  using Reduce = cub::BlockReduce<long long, TOPK_THREADS>;
+  using Scan = cub::BlockScan<int, TOPK_THREADS>;
+  __shared__ typename Reduce::TempStorage red;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ long long total;
+  const double* x = s + static_cast<int64_t>(blockIdx.x) * ld;
+  uint8_t* out = keep + static_cast<int64_t>(blockIdx.x) * L;
+  auto count_below = [&](K cand) -> long long {
+    long long c = 0;
+    for (int64_t i = threadIdx.x; i < L; i += TOPK_THREADS) c += key_of(x[i]) < cand;
+    const long long sum = Reduce(red).Sum(c);
+    if (threadIdx.x == 0) total = sum;
+    __syncthreads();
+    const long long r = total;
+    __syncthreads();
+    return r;
+  };
+  K thr = 0;
+  for (int bit = 63; bit >= 0; --bit) {
+    const K cand = thr | (K(1) << bit);
+    if (count_below(cand) < n_prune) thr = cand;
+  }
+  const long long quota = n_prune - count_below(thr);
+  long long seen = 0;
+  for (int64_t base = 0; base < L; base += TOPK_THREADS) {
+    const int64_t i = base + threadIdx.x;
+    const bool in = i < L;
+    const K k = in ? key_of(x[i]) : K(0);
+    const int tie = (in && k == thr) ? 1 : 0;
+    int incl, block_ties;
+    Scan(scan).InclusiveSum(tie, incl, block_ties);
+    if (in) out[i] = (k < thr || (tie && seen + incl <= quota)) ? 0 : 1;
+    seen += block_ties;
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void pack24_kernel(const T* __restrict__ w, int64_t ldw, const uint8_t* __restrict__ k,
+                              int64_t ldk, int64_t pairs_per_row, int64_t n_pairs,
+                              T* __restrict__ vals, uint8_t* __restrict__ meta) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n_pairs) return;
+  const int64_t row = p / pairs_per_row, c0 = (p % pairs_per_row) * 8;
+  uint8_t byte = 0;
+  T* v = vals + row * pairs_per_row * 4 + c0 / 2;
+  for (int g = 0; g < 2; ++g) {
+    int idx[2] = {0, 0};
+    int found = 0;
+    for (int j = 0; j < 4 && found < 2; ++j)
+      if (k[row * ldk + c0 + 4 * g + j]) idx[found++] = j;
+    v[2 * g] = w[row * ldw + c0 + 4 * g + idx[0]];
+    v[2 * g + 1] = w[row * ldw + c0 + 4 * g + idx[1]];
+    byte |= static_cast<uint8_t>((idx[0] | (idx[1] << 2)) << (4 * g));
+  }
+  meta[row * pairs_per_row + c0 / 8] = byte;
+}
+
+inline unsigned blocks_for(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+}  // namespace
+
+// dtype: 0 = fp32, 1 = fp16, 2 = bf16, 3 = fp64 (scores / weights). Rows have unit column stride.
+cudaError_t nm_mask(const void* s, int dtype, int64_t rows, int64_t cols, int64_t ld, int n, int m,
+                    uint8_t* keep, cudaStream_t stream) {
+  const int64_t gpr = cols / m, n_groups = rows * gpr;
+  if (n_groups == 0) return cudaSuccess;
+  const unsigned b = blocks_for(n_groups, 256);
+  switch (dtype) {
+    case 0:
+      nm_mask_kernel<float, float><<<b, 256, 0, stream>>>(
+          static_cast<const float*>(s), ld, gpr, n_groups, n, m, keep);
+      break;
+    case 1:
+      nm_mask_kernel<__half, float><<<b, 256, 0, stream>>>(
+          static_cast<const __half*>(s), ld, gpr, n_groups, n, m, keep);
+      break;
+    case 2:
+      nm_mask_kernel<__nv_bfloat16, float><<<b, 256, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(s), ld, gpr, n_groups, n, m, keep);
+      break;
+    case 3:
+      nm_mask_kernel<double, double><<<b, 256, 0, stream>>>(
+          static_cast<const double*>(s), ld, gpr, n_groups, n, m, keep);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t topk_mask(const void* s, int dtype, int64_t rows, int64_t L, int64_t ld,
+                      int64_t n_prune, uint8_t* keep, cudaStream_t stream) {
+  if (rows == 0 || L == 0) return cudaSuccess;
+  const unsigned b = static_cast<unsigned>(rows);
+  switch (dtype) {
+    case 0:
+      topk_row_kernel<float><<<b, TOPK_THREADS, 0, stream>>>(
+          static_cast<const float*>(s), L, ld, n_prune, keep);
+      break;
+    case 1:
+      topk_row_kernel<__half><<<b, TOPK_THREADS, 0, stream>>>(
+          static_cast<const __half*>(s), L, ld, n_prune, keep);
+      break;
+    case 2:
+      topk_row_kernel<__nv_bfloat16><<<b, TOPK_THREADS, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(s), L, ld, n_prune, keep);
+      break;
+    case 3:
+      topk_row_kernel<double><<<b, TOPK_THREADS, 0, stream>>>(
+          static_cast<const double*>(s), L, ld, n_prune, keep);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+// w: [rows, cols] (row stride ldw), k: [rows, cols] uint8 (row stride ldk), cols % 8 == 0, exactly
+// two kept per group of 4 (checked by the caller). vals: [rows, cols / 2], meta: [rows, cols / 8].
+cudaError_t pack_24(const void* w, int dtype, int64_t rows, int64_t cols, int64_t ldw,
+                    const uint8_t* k, int64_t ldk, void* vals, uint8_t* meta,
+                    cudaStream_t stream) {
+  const int64_t ppr = cols / 8, n_pairs = rows * ppr;
+  if (n_pairs == 0) return cudaSuccess;
+  const unsigned b = blocks_for(n_pairs, 256);
+  switch (dtype) {
+    case 0:
+      pack24_kernel<float><<<b, 256, 0, stream>>>(
+          static_cast<const float*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<float*>(vals),
+          meta);
+      break;
+    case 1:
+      pack24_kernel<__half><<<b, 256, 0, stream>>>(
+          static_cast<const __half*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<__half*>(vals),
+          meta);
+      break;
+    case 2:
+      pack24_kernel<__nv_bfloat16><<<b, 256, 0, stream>>>(
+          static_cast<const __nv_bfloat16*>(w), ldw, k, ldk, ppr, n_pairs,
+          static_cast<__nv_bfloat16*>(vals), meta);
+      break;
+    case 3:
+      pack24_kernel<double><<<b, 256, 0, stream>>>(
+          static_cast<const double*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<double*>(vals),
+          meta);
+      break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace ssgr_cuda
