@@ -1,0 +1,187 @@
+"""Drop-in replacement for IST-DASLab's ``sparsegpt.SparseGPT`` (also wanda's ``lib/sparsegpt.py``)
+running on ssgr kernels.
+
+Switch by changing the import::
+
+    from ssgr.compat.sparsegpt import SparseGPT   # was: from sparsegpt import SparseGPT
+
+Interface (same as upstream):
+
+- ``SparseGPT(layer)`` for ``nn.Linear``, ``transformers.Conv1D`` and ``nn.Conv2d`` (groups=1).
+- ``add_batch(inp, out, blocksize=1024)``: ``inp`` is the layer input (``inp[0]`` of a forward
+  hook), ``[..., in]`` for Linear/Conv1D (a 2-D input is one sample, otherwise ``inp.shape[0]``
+  samples), ``[B, C, H, W]`` for Conv2d (unfolded like llm-compressor's ``accumulate_hessian``;
+  upstream IST code does not unfold). ``out`` and ``blocksize`` are unused, as upstream.
+- ``fasterprune(sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01)``: ``prunen`` /
+  ``prunem`` are IST's meaning, *prune* ``prunen`` of every ``prunem`` (2:4 prunes 2 of 4); wanda's
+  spelling ``prune_n`` / ``prune_m`` is accepted too. With ``prunen == 0`` the pruning is
+  unstructured at ``sparsity`` (chosen per block of ``blocksize`` columns); with N:M ``sparsity`` is
+  ignored, as upstream. The layer's weight is overwritten in place in its dtype.
+- ``free()`` releases the Hessian; attributes ``layer``, ``dev``, ``rows``, ``columns``, ``H``,
+  ``nsamples``.
+
+``H`` and ``nsamples`` keep IST's semantics: ``nsamples`` counts samples (sequences), and after
+any number of batches ``H = 2 / nsamples * sum X^T X`` (fp32, ``[columns, columns]``, on the
+layer's device). Each batch rescales H to the raw sum, adds ``X^T X`` with
+:func:`ssgr.ops.hessian_accumulate` (no scaled fp32 copy of the input), and rescales back; this
+equals IST's running average up to fp32 rounding. ``tokens`` additionally counts rows of X.
+
+Differences from upstream, by design: nothing is printed (the time and loss go to ``logging`` at
+INFO and are returned as a :class:`ssgr.ops.SparseGPTResult`); a failing Cholesky is retried
+with 10x damping (IST raises); bad input raises a ValueError naming the layer; after
+``fasterprune`` the Hessian is released (``H`` becomes None; upstream deletes the attribute).
+Importing this module has no side effects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from ssgr.ops import SparseGPTResult, hessian_accumulate, sparsegpt_prune
+
+from ._layers import inputs_2d, layer_kind, weight_2d, write_weight_2d
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SparseGPT"]
+
+
+def _nm_args(prunen: object, prunem: object, prune_n: object, prune_m: object,
+             who: str) -> tuple[int, int]:
+    """Merge IST's ``prunen/prunem`` and wanda's ``prune_n/prune_m`` spellings."""
+    if prune_n is not None:
+        if prunen not in (0, prune_n):
+            raise ValueError(f"{who}: give prunen= or prune_n=, not both (got {prunen}, {prune_n})")
+        prunen = prune_n
+    if prune_m is not None:
+        if prunem not in (0, prune_m):
+            raise ValueError(f"{who}: give prunem= or prune_m=, not both (got {prunem}, {prune_m})")
+        prunem = prune_m
+    for nm, v in (("prunen", prunen), ("prunem", prunem)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{who}: {nm} must be a non-negative int, got {v!r}")
+    return prunen, prunem
+
+
+class SparseGPT:
+    """IST-DASLab ``SparseGPT`` on ssgr ops: Hessian of one layer's input, then blocked OBS.
+
+    Args:
+        layer: ``nn.Linear``, ``transformers.Conv1D`` or ``nn.Conv2d`` (groups=1).
+        name: the layer's name for messages (optional; upstream has no such argument).
+        backend: force an ssgr backend for both ops (see ``ssgr info``); None dispatches.
+    """
+
+    def __init__(self, layer: nn.Module, *, name: str = "", backend: str | None = None) -> None:
+        self.name = name or type(layer).__name__
+        self._kind = layer_kind(layer, f"SparseGPT({self.name})")
+        self.layer = layer
+        self.dev = layer.weight.device
+        self.backend = backend
+        W = weight_2d(layer, self._kind)
+        self.rows, self.columns = int(W.shape[0]), int(W.shape[1])
+        self.H: torch.Tensor | None = torch.zeros(
+            (self.columns, self.columns), device=self.dev, dtype=torch.float32
+        )
+        self.nsamples = 0
+        self.tokens = 0
+
+    def __repr__(self) -> str:
+        return (f"SparseGPT({self.name}: rows={self.rows}, columns={self.columns}, "
+                f"nsamples={self.nsamples}, tokens={self.tokens})")
+
+    def _released(self) -> ValueError:
+        return ValueError(
+            f"SparseGPT({self.name}): the Hessian was released by fasterprune() or free(); create "
+            "a new SparseGPT(layer) and call add_batch again to calibrate this layer anew"
+        )
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None,
+                  blocksize: int = 1024) -> None:
+        """Add one batch of the layer's input to ``H`` (IST semantics, see the module docstring).
+
+        Args:
+            inp: Linear/Conv1D ``[..., columns]``; Conv2d ``[B, C, H, W]``.
+            out: the layer output; unused (kept for the upstream hook signature).
+            blocksize: unused (upstream signature).
+        """
+        if self.H is None:
+            raise self._released()
+        X, samples = inputs_2d(self.layer, self._kind, inp, self.columns,
+                               f"SparseGPT({self.name}).add_batch")
+        if X.shape[0] == 0:
+            return
+        total = self.nsamples + samples
+        # H = 2/n_old * S_old  ->  S_old + X^T X  ->  2/n_new * S_new
+        self.H.mul_(self.nsamples / 2)
+        hessian_accumulate(self.H, X.to(self.H.device), backend=self.backend)
+        self.H.mul_(2 / total)
+        self.nsamples = total
+        self.tokens += int(X.shape[0])
+
+    def fasterprune(
+        self,
+        sparsity: float,
+        prunen: int = 0,
+        prunem: int = 0,
+        blocksize: int = 128,
+        percdamp: float = 0.01,
+        *,
+        prune_n: int | None = None,
+        prune_m: int | None = None,
+    ) -> SparseGPTResult:
+        """Prune and compensate the layer's weight in place (IST ``fasterprune``).
+
+        Args:
+            sparsity: unstructured fraction removed, in [0, 1) (ignored for N:M).
+            prunen, prunem: prune ``prunen`` of every ``prunem`` consecutive inputs (0 = off).
+            blocksize: columns per OBS block (a multiple of ``prunem``).
+            percdamp: damping as a fraction of ``mean(diag H)``.
+            prune_n, prune_m: wanda's spelling of ``prunen``, ``prunem``.
+        Returns:
+            :class:`ssgr.ops.SparseGPTResult` ``(weight [rows, columns], mask [rows, columns]
+            (True = kept), loss, damping)``.
+        """
+        who = f"SparseGPT({self.name}).fasterprune"
+        if self.H is None:
+            raise self._released()
+        if self.nsamples == 0:
+            raise ValueError(
+                f"{who}: no calibration input was added; call add_batch(inp, out) (e.g. from a "
+                "forward hook on the layer while running the calibration data) before fasterprune"
+            )
+        prunen, prunem = _nm_args(prunen, prunem, prune_n, prune_m, who)
+        if prunen != 0:
+            if not prunen < prunem:
+                raise ValueError(f"{who}: N:M pruning needs prunen < prunem (prune prunen of every "
+                                 f"prunem), got prunen={prunen}, prunem={prunem}")
+            if self.columns % prunem != 0:
+                raise ValueError(
+                    f"{who}: prunem={prunem} does not divide the layer's {self.columns} input "
+                    "columns; choose an M that divides it or prune this layer unstructured"
+                )
+            kw: dict = dict(n=prunem - prunen, m=prunem)
+            pattern = f"{prunen}:{prunem} (prune)"
+        else:
+            kw = dict(sparsity=sparsity)
+            pattern = f"{sparsity} unstructured"
+        W = weight_2d(self.layer, self._kind)
+        tick = time.perf_counter()
+        try:
+            res = sparsegpt_prune(W, self.H, blocksize=blocksize, percdamp=percdamp,
+                                  backend=self.backend, **kw)
+        except ValueError as exc:
+            raise ValueError(f"{who}: {exc}") from None
+        write_weight_2d(self.layer, self._kind, res.weight)
+        self.H = None
+        log.info("%s: pruned %s in %.2fs, loss %.4g, damping %g", self.name, pattern,
+                 time.perf_counter() - tick, res.loss, res.damping)
+        return res
+
+    def free(self) -> None:
+        """Release the Hessian (upstream's ``free``)."""
+        self.H = None
