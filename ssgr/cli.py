@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_demo)
 
     from ssgr.data import cli as data_cli
+    from ssgr.prune import cli as prune_cli
 
     data_cli.register(sub)
+    prune_cli.register(sub)
     return p
 
 

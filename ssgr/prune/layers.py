@@ -1,0 +1,232 @@
+"""Generic model walking: decoder layers, target modules, Hessian groups and stages.
+
+No per-family code: the decoder layers are the longest ``nn.ModuleList`` of the model; targets are
+the ``nn.Linear`` modules inside a layer (filtered by ``--targets`` / ``--ignore``); modules that
+receive the *same input tensor* share one Hessian (q/k/v, gate/up), found by running a short probe
+through the layer with pre-hooks; groups are ordered by when they first run. For
+``--sequential module`` the layer is decomposed into
+``x -> norm1 -> attn -> +x -> norm2 -> mlp -> +``
+(Llama, Mistral, Qwen2, Qwen3 and most decoder-only families); that decomposition is checked
+numerically against the layer's own forward on the probe before it is used.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import PruneError
+
+
+class _Stop(Exception):
+    """Raised inside a hook to stop a forward pass once the wanted input is captured."""
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, ModuleList)`` of the decoder layers: the model's longest ModuleList."""
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise PruneError(
+            f"no decoder layers found in {type(model).__name__}: it has no non-empty "
+            "nn.ModuleList (expected e.g. model.layers); is num_hidden_layers 0, or is this not a "
+            "decoder-only causal LM?"
+        )
+    return max(lists, key=lambda nm: len(nm[1]))
+
+
+def _matches(pattern: str, full: str, local: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.search(pattern[3:], full) is not None
+    leaf = local.rsplit(".", 1)[-1]
+    return any(fnmatch.fnmatchcase(s, pattern) for s in (full, local, leaf))
+
+
+def select_targets(
+    layer: nn.Module, prefix: str, targets: list[str] | None, ignore: list[str] | None
+) -> list[str]:
+    """Names (relative to the layer) of the modules to prune, in registration order.
+
+    ``targets``: None selects every ``nn.Linear``; else each pattern is a class name (``Linear``),
+    a glob matched against the full name (``model.layers.0.mlp.up_proj``), the in-layer name
+    (``mlp.up_proj``) or the leaf (``up_proj``), or ``re:REGEX`` searched in the full name. A
+    matched container (``mlp``) selects the Linears inside it. A pattern that matches only modules
+    of another type (e.g. ``input_layernorm``) is an error: ssgr prunes ``nn.Linear`` only.
+    ``ignore`` removes modules (or containers) the same way.
+    """
+    named = [(n, m) for n, m in layer.named_modules() if n]
+
+    def hits(pattern: str, n: str, m: nn.Module) -> bool:
+        return type(m).__name__ == pattern or _matches(pattern, f"{prefix}.{n}", n)
+
+    def expand(pattern: str) -> tuple[set[str], list[tuple[str, nn.Module]]]:
+        lin, other = set(), []
+        for n, m in named:
+            if not hits(pattern, n, m):
+                continue
+            if isinstance(m, nn.Linear):
+                lin.add(n)
+                continue
+            inner = {f"{n}.{c}" for c, cm in m.named_modules() if isinstance(cm, nn.Linear)}
+            if inner:
+                lin |= inner
+            else:
+                other.append((n, m))
+        return lin, other
+
+    if targets is None:
+        chosen = {n for n, m in named if isinstance(m, nn.Linear)}
+    else:
+        chosen = set()
+        for p in targets:
+            lin, other = expand(p)
+            if not lin and other:
+                n, m = other[0]
+                raise PruneError(
+                    f"--targets {p!r} matches module {prefix}.{n}, a {type(m).__name__}, which "
+                    "ssgr cannot prune (unsupported module type: only nn.Linear is pruned); "
+                    "target Linear modules such as q_proj or mlp"
+                )
+            chosen |= lin
+    for p in ignore or []:
+        chosen -= expand(p)[0]
+    return [n for n, _ in named if n in chosen]
+
+
+def group_name(group: list[str]) -> str:
+    """``["self_attn.q_proj", "self_attn.k_proj"]`` -> ``"self_attn.q_proj+k_proj"``."""
+    parent = group[0].rpartition(".")[0]
+    if all(n.rpartition(".")[0] == parent for n in group):
+        return (parent + "." if parent else "") + "+".join(n.rpartition(".")[2] for n in group)
+    return "+".join(group)
+
+
+def layer_output(out) -> torch.Tensor:
+    """A decoder layer's hidden states (layers return a tensor or a tuple)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@dataclass
+class Stage:
+    """One Hessian group inside a sub-module: its modules share one input."""
+
+    names: list[str]
+    in_features: int
+
+
+@dataclass
+class LayerPlan:
+    """Hessian groups of a layer in call order, and (for ``module`` order) its decomposition."""
+
+    groups: list[list[str]]
+    in_features: list[int]
+    attn: str | None = None
+    mlp: str | None = None
+    norm1: str | None = None
+    norm2: str | None = None
+    staged_error: str | None = None
+    cache_last: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def staged(self) -> bool:
+        return self.staged_error is None
+
+
+def _owner(name: str, children: list[str]) -> str | None:
+    for c in children:
+        if name == c or name.startswith(c + "."):
+            return c
+    return None
+
+
+@torch.no_grad()
+def plan_layer(
+    layer: nn.Module, targets: list[str], x: torch.Tensor, kwargs: dict, want_staged: bool
+) -> LayerPlan:
+    """Probe the layer with ``x[1, t, d]`` (a short prefix of a calibration sequence).
+
+    Groups: targets whose first call received the identical input tensor. For ``want_staged`` the
+    ``norm1 -> attn -> norm2 -> mlp`` decomposition is derived from the call order and verified
+    against ``layer(x)``; :attr:`LayerPlan.staged_error` says why it does not apply.
+    """
+    mods = dict(layer.named_modules())
+    first_input: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+    child_order: list[str] = []
+    child_out: dict[str, object] = {}
+    handles = []
+    for n in targets:
+        def pre(_m, args, kw, n=n):
+            if n not in first_input:
+                first_input[n] = args[0] if args else next(iter(kw.values()))
+                order.append(n)
+        handles.append(mods[n].register_forward_pre_hook(pre, with_kwargs=True))
+    out_of: dict[str, object] = {}
+    for n in targets:
+        handles.append(mods[n].register_forward_hook(
+            lambda _m, _a, o, n=n: out_of.setdefault(n, o)))
+    for cname, child in layer.named_children():
+        handles.append(child.register_forward_pre_hook(
+            lambda _m, _a, c=cname: child_order.append(c) if c not in child_order else None))
+        handles.append(child.register_forward_hook(
+            lambda _m, _a, o, c=cname: child_out.setdefault(c, o)))
+    try:
+        ref = layer_output(layer(x, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in targets if n not in first_input]
+    if missing:
+        raise PruneError(f"modules {missing} were never called by the layer's forward; add them "
+                         "to --ignore")
+    groups: list[list[str]] = []
+    for n in order:
+        for g in groups:
+            if first_input[g[0]] is first_input[n]:
+                g.append(n)
+                break
+        else:
+            groups.append([n])
+    plan = LayerPlan(groups=groups, in_features=[mods[g[0]].in_features for g in groups])
+    if not want_staged:
+        plan.staged_error = "not requested"
+        return plan
+    children = [c for c in child_order]
+    owners = [_owner(g[0], children) for g in groups]
+    subs = [c for c in children
+            if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())]
+    others = [c for c in children if c not in subs]
+    if len(subs) != 2 or len(others) != 2 or any(o is None for o in owners):
+        plan.staged_error = (
+            f"{type(layer).__name__} is not norm1 -> attention -> norm2 -> mlp (call order: "
+            f"{children}, target owners: {sorted(set(map(str, owners)))})"
+        )
+        return plan
+    attn, mlp = subs
+    pos = {c: i for i, c in enumerate(children)}
+    n1, n2 = others
+    if not (pos[n1] < pos[attn] < pos[n2] < pos[mlp]):
+        plan.staged_error = f"unexpected call order {children}"
+        return plan
+    plan.attn, plan.mlp, plan.norm1, plan.norm2 = attn, mlp, n1, n2
+    h = layer_output(getattr(layer, attn)(getattr(layer, n1)(x), **kwargs))
+    x2 = x + h
+    y = x2 + layer_output(getattr(layer, mlp)(getattr(layer, n2)(x2)))
+    finite = bool(torch.isfinite(ref).all())  # NaN/Inf is reported later, naming the module
+    tol = 1e-3 * float(ref.abs().max()) + 1e-5 if finite else 0.0
+    if finite and not torch.allclose(y.float(), ref.float(), atol=tol, rtol=1e-3):
+        plan.staged_error = (f"{type(layer).__name__}'s forward differs from norm1 -> attention "
+                             "-> norm2 -> mlp with residuals")
+        plan.attn = plan.mlp = plan.norm1 = plan.norm2 = None
+        return plan
+    for sub in (attn, mlp):
+        sub_groups = [g for g in groups if _owner(g[0], children) == sub]
+        last = sub_groups[-1] if sub_groups else None
+        plan.cache_last[sub] = bool(
+            last is not None and len(last) == 1
+            and out_of.get(last[0]) is layer_output(child_out[sub])
+        )
+    return plan

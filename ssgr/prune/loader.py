@@ -1,0 +1,269 @@
+"""Lazy model loading from safetensors shards and incremental writing of the pruned model.
+
+The model is built as a meta-device skeleton (no memory); the tensors outside the decoder layers
+(embeddings, final norm, lm_head) are read once, and each decoder layer's tensors are read from the
+shards when its turn comes and released after it is written out. The output directory is a normal
+Hugging Face model directory: ``config.json``, the tokenizer and generation files copied from the
+source, one safetensors shard per decoder layer plus one for the rest, and
+``model.safetensors.index.json``. ``config.json`` and the index are written last, so a directory of
+an unfinished run never loads as a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import PruneError
+
+log = logging.getLogger(__name__)
+
+INDEX = "model.safetensors.index.json"
+REST_SHARD = "model-rest.safetensors"
+_SKIP_COPY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def layer_shard_name(i: int) -> str:
+    return f"model-layer-{i:05d}.safetensors"
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local model directory, or a hub snapshot where a hub is reachable."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise PruneError(f"MODEL {model} is a file; pass a Hugging Face model directory")
+    if model.count("/") == 1 and not model.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(model, allow_patterns=[
+                "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
+        except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear error
+            raise FileNotFoundError(
+                f"MODEL {model!r} is not a local directory and could not be downloaded from the "
+                f"hub ({type(exc).__name__}: {exc}); pass a local model directory"
+            ) from None
+    raise FileNotFoundError(f"MODEL directory {model} does not exist")
+
+
+class SafetensorsCheckpoint:
+    """Key -> shard lookup over a model directory's safetensors files (sharded or not)."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = folder
+        index = folder / INDEX
+        self.key_file: dict[str, Path] = {}
+        if index.is_file():
+            wm = json.loads(index.read_text())["weight_map"]
+            self.key_file = {k: folder / v for k, v in wm.items()}
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(
+                    f"{folder} holds no *.safetensors weights; save the model with "
+                    "save_pretrained(safe_serialization=True) (or convert .bin/.gguf first)"
+                )
+            for f in files:
+                with safe_open(str(f), framework="pt") as sf:
+                    for k in sf.keys():
+                        self.key_file[k] = f
+        for f in set(self.key_file.values()):
+            if not f.is_file():
+                raise FileNotFoundError(f"{folder}/{INDEX} names {f.name}, which does not exist")
+
+    def keys(self) -> list[str]:
+        return list(self.key_file)
+
+    def load(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Read ``keys`` (CPU tensors), opening each shard once."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        for k in keys:
+            by_file.setdefault(self.key_file[k], []).append(k)
+        out = {}
+        for f, ks in by_file.items():
+            with safe_open(str(f), framework="pt") as sf:
+                for k in ks:
+                    out[k] = sf.get_tensor(k)
+        return out
+
+
+def resolve_dtype(name: str, config) -> torch.dtype:
+    """``--dtype``: auto takes the config's dtype (float32 when it has none)."""
+    if name == "auto":
+        d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(d, str):
+            d = _DTYPES.get(d.removeprefix("torch."), torch.float32)
+        return d if isinstance(d, torch.dtype) else torch.float32
+    if name not in _DTYPES:
+        raise PruneError(f"--dtype must be auto, bfloat16, float16 or float32, got {name!r}")
+    return _DTYPES[name]
+
+
+def build_skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
+    """``AutoModelForCausalLM`` from the folder's config on the meta device, SDPA attention."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise PruneError(f"cannot read {folder}/config.json: {exc}") from None
+    with torch.device("meta"):
+        try:
+            model = AutoModelForCausalLM.from_config(
+                config, attn_implementation="sdpa", dtype=dtype)
+        except ValueError as exc:
+            raise PruneError(f"{folder}: not a supported causal LM ({exc})") from None
+    return model.eval()
+
+
+def _materialise_buffers(mod: nn.Module, config) -> None:
+    """Re-create a module whose non-persistent buffers are on meta (rotary embeddings) on CPU."""
+    for name, child in list(mod.named_children()):
+        metas = [b for b in child.buffers(recurse=False) if b.is_meta]
+        has_meta_params = any(p.is_meta for p in child.parameters(recurse=False))
+        if metas and not has_meta_params:
+            cfg = getattr(child, "config", config)
+            try:
+                with torch.device("cpu"):
+                    new = type(child)(config=cfg)
+            except TypeError as exc:
+                raise PruneError(
+                    f"cannot materialise buffers of {name} ({type(child).__name__}): it is not "
+                    f"built from a config ({exc}); this model family is not supported"
+                ) from None
+            setattr(mod, name, new)
+        else:
+            _materialise_buffers(child, config)
+
+
+def load_outside_layers(
+    model: nn.Module, ckpt: SafetensorsCheckpoint, layer_prefix: str, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Load every checkpoint tensor outside the decoder layers into ``model`` (CPU, ``dtype``).
+
+    Returns those tensors as they will be written (floating ones in ``dtype``).
+    """
+    keys = [k for k in ckpt.keys() if not k.startswith(layer_prefix + ".")]
+    tensors = ckpt.load(keys)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=False, assign=True)
+    emb = model.get_input_embeddings()
+    if emb is None or emb.weight.is_meta:
+        raise PruneError(
+            f"{ckpt.folder}: the input embeddings were not found in the checkpoint (keys outside "
+            f"{layer_prefix}: {', '.join(keys[:5])}...); the checkpoint does not match its config"
+        )
+    _materialise_buffers(model, model.config)
+    return tensors
+
+
+def load_layer(
+    layer: nn.Module, ckpt: SafetensorsCheckpoint, prefix: str, device: torch.device,
+    dtype: torch.dtype,
+) -> None:
+    """Read decoder layer ``prefix`` (e.g. ``model.layers.3``) from the shards into ``layer``."""
+    want = set(layer.state_dict().keys())
+    keys = [k for k in ckpt.keys() if k.startswith(prefix + ".")]
+    sd = {k[len(prefix) + 1:]: v for k, v in ckpt.load(keys).items()}
+    missing, extra = want - set(sd), set(sd) - want
+    if missing or extra:
+        raise PruneError(
+            f"layer {prefix}: checkpoint tensors do not match the model (missing: "
+            f"{sorted(missing)[:4]}, unexpected: {sorted(extra)[:4]}); is config.json the "
+            "checkpoint's own?"
+        )
+    sd = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+          for k, v in sd.items()}
+    layer.load_state_dict(sd, strict=True, assign=True)
+    for n, b in layer.named_buffers():
+        if b.is_meta:
+            raise PruneError(
+                f"layer {prefix}: buffer {n} is not stored in the checkpoint; layers with "
+                "computed buffers are not supported"
+            )
+
+
+def release_layer(layer: nn.Module) -> None:
+    """Move a layer back to the meta device (frees its memory)."""
+    layer.to("meta")
+
+
+def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors shard atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+def layer_tensors(layer: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """The layer's state dict under its checkpoint names."""
+    return {f"{prefix}.{k}": v for k, v in layer.state_dict().items()}
+
+
+@dataclass
+class OutputWriter:
+    """Writes the pruned model directory ``out``; :meth:`finish` makes it loadable."""
+
+    src: Path
+    out: Path
+    dtype: torch.dtype
+
+    def write_rest(self, tensors: dict[str, torch.Tensor]) -> None:
+        save_shard(tensors, self.out / REST_SHARD)
+
+    def write_layer(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
+        save_shard(tensors, self.out / layer_shard_name(i))
+
+    def finish(self, num_layers: int) -> None:
+        """Write the index, copy tokenizer/generation files, then config.json (last)."""
+        from safetensors import safe_open
+
+        weight_map, total = {}, 0
+        for name in [REST_SHARD] + [layer_shard_name(i) for i in range(num_layers)]:
+            with safe_open(str(self.out / name), framework="pt") as sf:
+                for k in sf.keys():
+                    weight_map[k] = name
+                    sl = sf.get_slice(k)
+                    numel = 1
+                    for s in sl.get_shape():
+                        numel *= s
+                    total += numel * _itemsize(sl.get_dtype())
+        _write_json(self.out / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        for f in sorted(self.src.iterdir()):
+            if (f.is_file() and f.name not in ("config.json", INDEX, "prune_report.json")
+                    and not f.name.endswith(_SKIP_COPY_SUFFIXES) and not f.name.startswith(".")):
+                shutil.copyfile(f, self.out / f.name)
+        cfg = json.loads((self.src / "config.json").read_text())
+        name = str(self.dtype).removeprefix("torch.")
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg:
+                cfg[key] = name
+        _write_json(self.out / "config.json", cfg)
+
+
+def _itemsize(dt: str) -> int:
+    return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+            "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(dt, 1)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

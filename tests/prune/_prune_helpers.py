@@ -1,0 +1,134 @@
+"""Helpers for the prune tests: tiny random-init models saved as safetensors, calibration files,
+the naive in-memory reference pruner, and pattern checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ssgr.ops import HessianAccumulator
+from ssgr.prune.methods import prune_weight
+from ssgr.prune.pattern import Pattern
+
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=128, max_position_embeddings=8192)
+STAGES = (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+          ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"])
+
+
+def tiny_model(family: str, folder: Path, seed: int = 0, max_shard_size: str | None = None,
+               **overrides) -> Path:
+    """Save a seeded random-init tiny causal LM of ``family`` to ``folder`` (safetensors)."""
+    import transformers as tf
+
+    cls = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+           "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+           "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+           "mistral": ("MistralConfig", "MistralForCausalLM")}[family]
+    kw = {**TINY, **overrides}
+    if family == "qwen3":
+        kw.setdefault("head_dim", kw["hidden_size"] // kw["num_attention_heads"])
+    if family == "mistral":
+        kw.setdefault("sliding_window", None)
+    torch.manual_seed(seed)
+    model = getattr(tf, cls[1])(getattr(tf, cls[0])(**kw)).eval()
+    with torch.no_grad():  # larger weights than the 0.02-std init: pruning choices matter more
+        for n, p in model.named_parameters():
+            if p.dim() == 2 and "layers" in n:
+                p.normal_(0, 0.2)
+    extra = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, safe_serialization=True, **extra)
+    return folder
+
+
+def random_calib(path: Path, lengths: list[int], vocab: int = 128, seed: int = 1) -> Path:
+    """A calibration jsonl of random token ids with the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    with open(path, "w") as f:
+        for i, n in enumerate(lengths):
+            ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+            f.write(json.dumps({"input_ids": ids, "id": f"s{i}"}) + "\n")
+    return path
+
+
+def read_calib(path: Path) -> list[torch.Tensor]:
+    return [torch.tensor([json.loads(line)["input_ids"]]) for line in open(path)]
+
+
+def load(folder: Path) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        folder, attn_implementation="sdpa", dtype=torch.float32).eval()
+
+
+def state(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved model directory (all shards)."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+@torch.no_grad()
+def naive_prune(folder: Path, seqs: list[torch.Tensor], pattern: Pattern, order: str = "layer",
+                method: str = "sparsegpt", blocksize: int = 128, percdamp: float = 0.01,
+                scope: str = "row") -> nn.Module:
+    """The reference: for each layer in turn, the whole model (earlier layers already pruned) is
+    re-run on every sequence with hooks on that layer's modules, one Hessian per module, in memory.
+    ``order="module"`` re-runs the model once per stage (q/k/v, o, gate/up, down)."""
+    model = load(folder)
+    for layer in model.model.layers:
+        mods = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+        stages = [list(mods)] if order == "layer" else [list(s) for s in STAGES]
+        for stage in stages:
+            accs = {n: HessianAccumulator(mods[n].in_features, hessian=method == "sparsegpt")
+                    for n in stage}
+            hs = [mods[n].register_forward_pre_hook(lambda _m, a, acc=accs[n]: acc.add(a[0]))
+                  for n in stage]
+            for ids in seqs:
+                model(input_ids=ids)
+            for h in hs:
+                h.remove()
+            for n in stage:
+                res = prune_weight(mods[n].weight.data, accs[n], method, pattern,
+                                   blocksize=blocksize, percdamp=percdamp, scope=scope)
+                mods[n].weight.data.copy_(res.weight)
+    return model
+
+
+def run_cli(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """``python -m ssgr.prune ARGS`` in a subprocess."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ssgr.prune", *map(str, args)], env=e,
+                          capture_output=True, text=True, **kw)
+
+
+def check_pattern(W: torch.Tensor, pattern: Pattern, scope: str = "row",
+                  blocksize: int | None = None) -> None:
+    """Assert ``W[r, c]`` obeys the pattern exactly."""
+    nz = W != 0
+    r, c = W.shape
+    if pattern.is_nm:
+        per_group = nz.reshape(r, c // pattern.m, pattern.m).sum(-1)
+        assert int(per_group.max()) <= pattern.n, f"a group keeps {int(per_group.max())}"
+        return
+    if blocksize is not None:  # SparseGPT: the ratio is applied per block of columns
+        for i in range(0, c, blocksize):
+            blk = nz[:, i:i + blocksize]
+            assert int((~blk).sum()) >= int(blk.numel() * pattern.sparsity)
+        return
+    if scope == "row":
+        want = int(c * pattern.sparsity)
+        assert int((~nz).sum(1).min()) >= want and int((~nz).sum(1).max()) == want
+    else:
+        assert int((~nz).sum()) == int(r * c * pattern.sparsity)

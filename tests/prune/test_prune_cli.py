@@ -1,0 +1,48 @@
+"""The ``prune`` subcommand wiring and ``{"text": ...}`` calibration lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import torch
+from _prune_helpers import state
+
+from ssgr.prune import cli
+from ssgr.prune.engine import PruneConfig, prune_model
+
+
+def test_register_adds_prune_subcommand():
+    p = argparse.ArgumentParser(prog="ssgr")
+    sub = p.add_subparsers(dest="command", required=True)
+    cli.register(sub)
+    args = p.parse_args(["prune", "M", "--calib", "c.jsonl", "--out", "D", "--sparsity", "2:4",
+                         "--targets", "q_proj", "re:mlp", "--offload", "disk",
+                         "--max-activation-memory", "1GiB", "--sequential", "layer"])
+    assert args.func is cli.run
+    assert args.targets == ["q_proj", "re:mlp"] and args.offload == "disk"
+    assert args.sequential == "layer" and args.propagate == "pruned" and args.method == "sparsegpt"
+
+
+def test_text_lines_use_the_model_tokenizer(tmp_path, llama_dir):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    src = tmp_path / "m"
+    shutil.copytree(llama_dir, src)
+    words = ["<unk>", "<s>"] + [f"w{i}" for i in range(100)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(src)
+    text_calib, ids_calib = tmp_path / "t.jsonl", tmp_path / "i.jsonl"
+    seqs = [[int(x) for x in torch.randint(2, 102, (n,))] for n in (40, 70)]
+    text_calib.write_text("".join(json.dumps({"text": " ".join(f"w{i - 2}" for i in s),
+                                              "source": "x"}) + "\n" for s in seqs))
+    ids_calib.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
+    for calib, out in ((text_calib, tmp_path / "a"), (ids_calib, tmp_path / "b")):
+        prune_model(PruneConfig(model=str(src), calib=str(calib), out=str(out), sparsity="2:4",
+                                device="cpu"))
+    a, b = state(tmp_path / "a"), state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").is_file()  # tokenizer copied to the output
