@@ -91,6 +91,8 @@ def build():
     setup(
         packages=find_packages(include=["ssgr", "ssgr.*"]) + ["ssgr.kernels"],
         package_dir={"ssgr": "ssgr", "ssgr.kernels": "kernels"},
+        package_data={"ssgr.models": ["tiny/*"]},
+        include_package_data=True,
         ext_modules=ext_modules,
         cmdclass=cmdclass,
     )

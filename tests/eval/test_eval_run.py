@@ -1,0 +1,72 @@
+"""``ssgr eval`` end to end with the embedded tiny model (small k, few problems)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from ssgr.data.traces import read_traces
+from ssgr.eval import cli as eval_cli
+from ssgr.eval.accuracy import evaluate, metrics_from_traces, select_problems
+
+SRC = "builtin:arith?n=100&levels=1"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssgr")
+    eval_cli.register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_sampled_eval_writes_json_and_traces(tmp_path):
+    out = tmp_path / "EVAL.json"
+    res = evaluate("tiny", SRC, k=2, limit=6, batch_size=12, out=out, device="cpu", progress=False)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    traces = read_traces(tmp_path / "EVAL.traces.jsonl")
+    assert len(traces) == 12 and {t.sample for t in traces} == {0, 1}
+    probs = select_problems(SRC, limit=6)
+    held = {p.id for p in select_problems(SRC, split="heldout")}
+    assert {t.problem_id for t in traces} == {p.id for p in probs} <= held
+    assert res["overall"] == metrics_from_traces(traces, probs, 2)["overall"]
+    assert res["k"] == 2 and res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
+    # the tiny model always answers in its format (its arithmetic is weak: see TRAINING.md)
+    assert res["overall"]["no_answer_rate"] == 0.0 and res["overall"]["truncation_rate"] == 0.0
+    assert all(t.response.startswith("<think> ") and "</think> \\boxed{" in t.response for t in traces)
+    # re-running resumes: nothing new is generated, same numbers
+    again = evaluate("tiny", SRC, k=2, limit=6, batch_size=12, out=out, device="cpu", progress=False)
+    assert again["overall"] == res["overall"] and len(read_traces(tmp_path / "EVAL.traces.jsonl")) == 12
+
+
+def test_cli_greedy(tmp_path, capsys):
+    args = _parser().parse_args(["eval", "tiny", "--problems", SRC, "--greedy", "--k", "4", "--limit", "5",
+                                 "--out", str(tmp_path / "G.json"), "--no-progress", "--device", "cpu"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "k=1, greedy" in text and text.splitlines()[-2].startswith("all")
+    res = json.loads((tmp_path / "G.json").read_text())
+    assert res["k"] == 1 and res["greedy"] and res["settings"]["temperature"] == 0.0
+    assert res["overall"]["samples"] == 5
+
+
+def test_cli_errors(tmp_path, capsys):
+    p = _parser()
+    args = p.parse_args(["eval", "tiny", "--problems", SRC, "--k", "0"])
+    assert args.func(args) == 2
+    args = p.parse_args(["eval", str(tmp_path / "nope"), "--problems", SRC])
+    assert args.func(args) == 2
+    args = p.parse_args(["ppl", "tiny"])
+    assert args.func(args) == 2
+    with pytest.raises(SystemExit):
+        p.parse_args(["eval", "tiny"])  # --problems is required
+
+
+def test_cli_ppl(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("What is 3 + 4?\n\nThe answer is 7.")
+    args = _parser().parse_args(["ppl", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "P.json"),
+                                 "--no-progress", "--device", "cpu"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.startswith(f"corpus {corpus}: ppl ")
+    assert json.loads((tmp_path / "P.json").read_text())["corpus"]["tokens"] > 0
