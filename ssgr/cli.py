@@ -32,6 +32,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ssgr.run import RunConfig, format_results, run
+
+    cfg = RunConfig(
+        model=args.model, method=args.method, sparsity=args.sparsity, out=args.out, quick=args.quick,
+        sources=args.sources.split(","), ablations=args.ablations, problems=args.problems,
+        n=args.n, calib_problems=args.calib_problems, eval_problems=args.eval_problems, k=args.k,
+        max_new_tokens=args.max_new_tokens, num_sequences=args.num_sequences, tau=args.tau,
+        corpus=args.corpus, backend=args.backend, device=args.device, seed=args.seed,
+    )
+    results = run(cfg)
+    sys.stdout.write(format_results(results) + "\n")
+    sys.stdout.write(f"results: {args.out}/results.json, {args.out}/results.png\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
     p = argparse.ArgumentParser(prog="ssgr", description=__doc__)
@@ -54,11 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default=None, help="force a backend (see `ssgr info`)")
     s.set_defaults(func=_cmd_demo)
 
+    s = sub.add_parser(
+        "run",
+        help="the main job: generate -> select -> prune -> eval for several calibration sources",
+    )
+    s.add_argument("--model", default="tiny", help="tiny (embedded), smollm2, or a model directory")
+    s.add_argument("--method", default="sparsegpt", choices=["sparsegpt", "wanda", "magnitude"])
+    s.add_argument("--sparsity", default="2:4", help="0.5, 2:4, 4:8, N:M (default 2:4)")
+    s.add_argument("--out", default="runs/main", help="run directory (reused when re-run)")
+    s.add_argument("--quick", action="store_true", help="small sizes (CI runs this)")
+    s.add_argument("--sources", default=",".join(("text", "gold", "sgr", "ssgr")),
+                   help="comma-separated calibration sources (select strategies)")
+    s.add_argument("--ablations", action="store_true",
+                   help="add easy, medium, hard, short, long and no-think")
+    s.add_argument("--problems", default="builtin:arith")
+    s.add_argument("--n", type=int, default=None, help="samples per calibration problem")
+    s.add_argument("--calib-problems", type=int, default=None)
+    s.add_argument("--eval-problems", type=int, default=None)
+    s.add_argument("--k", type=int, default=None, help="samples per held-out problem (pass@1 over k)")
+    s.add_argument("--max-new-tokens", type=int, default=None)
+    s.add_argument("--num-sequences", type=int, default=None, help="calibration sequences per source")
+    s.add_argument("--tau", type=float, default=0.75)
+    s.add_argument("--corpus", default="news", help="generic text for the text source and text ppl")
+    s.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"])
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_run)
+
     from ssgr.data import cli as data_cli
+    from ssgr.eval import cli as eval_cli
     from ssgr.prune import cli as prune_cli
 
     data_cli.register(sub)
     prune_cli.register(sub)
+    eval_cli.register(sub)
     return p
 
 
