@@ -22,7 +22,7 @@ from typing import Any
 
 from ssgr.data.backends.base import BACKENDS, Backend, Request, make_backend
 from ssgr.data.errors import DataError
-from ssgr.data.problems import Problem, choose_split, load_problems
+from ssgr.data.problems import Problem, select_problems
 from ssgr.data.traces import Trace, TraceWriter
 from ssgr.data.verify import check_response
 
@@ -131,17 +131,8 @@ def generate(
         raise DataError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "openai" and not server and not backend_obj:
         raise DataError("--backend openai needs --server URL (e.g. http://127.0.0.1:8000)")
-    if isinstance(problems, list):
-        probs, source = list(problems), "<list>"
-    else:
-        probs, source = load_problems(problems, limit=None), str(problems)
-    probs = choose_split(probs, split, heldout_fraction, split_seed)
-    if limit is not None:
-        if limit < 1:
-            raise DataError(f"--limit must be >= 1, got {limit}")
-        probs = probs[:limit]
-    if not probs:
-        raise DataError(f"no problems left in {source} after split={split!r}")
+    source = "<list>" if isinstance(problems, list) else str(problems)
+    probs = select_problems(problems, split, heldout_fraction, split_seed, limit)
     if batch_size is None:
         batch_size = {"hf": n, "vllm": 256, "openai": 64}[backend]
     if batch_size < 1:

@@ -334,3 +334,25 @@ def choose_split(
         return list(problems)
     calib, held = split_problems(problems, heldout_fraction, seed)
     return calib if split == "calib" else held
+
+
+def select_problems(
+    problems: str | os.PathLike[str] | Sequence[Problem],
+    split: str = "heldout",
+    heldout_fraction: float = 0.2,
+    split_seed: int = 0,
+    limit: int | None = None,
+) -> list[Problem]:
+    """Load problems (file, ``builtin:`` source or list), keep one split side and the first ``limit``."""
+    if isinstance(problems, (list, tuple)):
+        probs, source = list(problems), "the given problems"
+    else:
+        probs, source = load_problems(problems), str(problems)
+    probs = choose_split(probs, split, heldout_fraction, split_seed)
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"--limit must be >= 1, got {limit}")
+        probs = probs[:limit]
+    if not probs:
+        raise DataError(f"no problems left in {source} after split={split!r}")
+    return probs

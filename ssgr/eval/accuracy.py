@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ssgr.data.errors import DataError
-from ssgr.data.problems import Problem, choose_split, load_problems
+from ssgr.data.problems import Problem, select_problems
 from ssgr.data.traces import Trace
 
 logger = logging.getLogger(__name__)
@@ -79,25 +79,6 @@ def metrics_from_traces(traces: Sequence[Trace], problems: Sequence[Problem], k:
         "overall": _summary(all_c, all_t),
         "by_level": {lvl: _summary(*per_level[lvl]) for lvl in order},
     }
-
-
-def select_problems(
-    problems: str | os.PathLike[str] | Sequence[Problem],
-    split: str = "heldout",
-    heldout_fraction: float = 0.2,
-    split_seed: int = 0,
-    limit: int | None = None,
-) -> list[Problem]:
-    """Load problems (file, ``builtin:`` source or list), keep one split side and the first ``limit``."""
-    probs = list(problems) if isinstance(problems, (list, tuple)) else load_problems(problems)
-    probs = choose_split(probs, split, heldout_fraction, split_seed)
-    if limit is not None:
-        if limit < 1:
-            raise DataError(f"--limit must be >= 1, got {limit}")
-        probs = probs[:limit]
-    if not probs:
-        raise DataError(f"no problems left after split={split!r}")
-    return probs
 
 
 def default_traces_path(out: str | os.PathLike[str]) -> Path:
