@@ -24,9 +24,11 @@ $(STAMP): $(VENV)/.requirements $(NATIVE_SRC)
 
 setup: $(STAMP)
 
-# The main job (README): the support matrix, then a SparseGPT 2:4 prune of a small random model.
+# The main job (README): the support matrix, then generate -> select -> prune -> eval of the
+# embedded tiny reasoning model for the text, gold, sgr and ssgr calibration sources.
 run: setup
-	$(VENV)/bin/ssgr demo --sparsity 2:4
+	$(VENV)/bin/ssgr info
+	$(VENV)/bin/ssgr run --out runs/main
 
 # The test suite (README, .ci/run).
 test: setup

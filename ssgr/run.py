@@ -36,7 +36,7 @@ ABLATIONS = ("easy", "medium", "hard", "short", "long", "no-think")
 
 #: Sizes of the default run and of ``--quick`` (the tiny model's numbers on a 2-core CPU).
 PRESETS: dict[str, dict[str, int]] = {
-    "default": {"n": 16, "calib_problems": 64, "eval_problems": 100, "k": 4, "max_new_tokens": 160,
+    "default": {"n": 16, "calib_problems": 128, "eval_problems": 200, "k": 4, "max_new_tokens": 160,
                 "num_sequences": 64},
     "quick": {"n": 8, "calib_problems": 32, "eval_problems": 40, "k": 2, "max_new_tokens": 128,
               "num_sequences": 16},
