@@ -31,8 +31,9 @@ def test_sampled_eval_writes_json_and_traces(tmp_path):
     assert {t.problem_id for t in traces} == {p.id for p in probs} <= held
     assert res["overall"] == metrics_from_traces(traces, probs, 2)["overall"]
     assert res["k"] == 2 and res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
-    # the tiny model always answers in its format (its arithmetic is weak: see TRAINING.md)
+    # the tiny model answers in its format and solves most one-step problems (TRAINING.md: 99%)
     assert res["overall"]["no_answer_rate"] == 0.0 and res["overall"]["truncation_rate"] == 0.0
+    assert res["overall"]["pass@1"] >= 0.75
     assert all(t.response.startswith("<think> ") and "</think> \\boxed{" in t.response for t in traces)
     # re-running resumes: nothing new is generated, same numbers
     again = evaluate("tiny", SRC, k=2, limit=6, batch_size=12, out=out, device="cpu", progress=False)
