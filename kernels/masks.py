@@ -126,40 +126,22 @@ def _load_key(s_ptr, offs, msk, IS64: tl.constexpr):
 
 
 @triton.jit
-def _count_below_kernel(
-    s_ptr, cand_ptr, cnt_ptr, L, stride_r, n_chunks,
-    IS64: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr,
+def _count_kernel(
+    s_ptr, ref_ptr, cnt_ptr, L, stride_r, n_chunks,
+    IS64: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, EQUAL: tl.constexpr,
 ):
-    """cnt[row, p] = #{keys < cand[row]} in chunk range p of the row."""
+    """cnt[row, p] = #{keys < ref[row]} (or ``== ref[row]`` with EQUAL) in chunk range p."""
     row = tl.program_id(0)
     p = tl.program_id(1)
-    cand = tl.load(cand_ptr + row)
+    ref = tl.load(ref_ptr + row)
     base = row.to(tl.int64) * stride_r
     total = tl.zeros((BLOCK,), dtype=tl.int32)
     for ci in range(CHUNKS):
         offs = (p * CHUNKS + ci).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         msk = offs < L
         key = _load_key(s_ptr, base + offs, msk, IS64)
-        total += ((key < cand) & msk).to(tl.int32)
-    tl.store(cnt_ptr + row * n_chunks + p, tl.sum(total, axis=0))
-
-
-@triton.jit
-def _count_ties_kernel(
-    s_ptr, thr_ptr, cnt_ptr, L, stride_r, n_chunks,
-    IS64: tl.constexpr, BLOCK: tl.constexpr, CHUNKS: tl.constexpr,
-):
-    """cnt[row, p] = #{keys == thr[row]} in chunk range p of the row."""
-    row = tl.program_id(0)
-    p = tl.program_id(1)
-    thr = tl.load(thr_ptr + row)
-    base = row.to(tl.int64) * stride_r
-    total = tl.zeros((BLOCK,), dtype=tl.int32)
-    for ci in range(CHUNKS):
-        offs = (p * CHUNKS + ci).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        msk = offs < L
-        key = _load_key(s_ptr, base + offs, msk, IS64)
-        total += ((key == thr) & msk).to(tl.int32)
+        hit = (key == ref) if EQUAL else (key < ref)
+        total += (hit & msk).to(tl.int32)
     tl.store(cnt_ptr + row * n_chunks + p, tl.sum(total, axis=0))
 
 
@@ -276,7 +258,7 @@ def topk_mask(scores: torch.Tensor, n_prune: int, *, fused: bool | None = None) 
     meta = dict(IS64=is64, BLOCK=block, CHUNKS=chunks, num_warps=4)
 
     def below(cand: torch.Tensor) -> torch.Tensor:
-        _count_below_kernel[grid](scores, cand, cnt, L, scores.stride(0), n_chunks, **meta)
+        _count_kernel[grid](scores, cand, cnt, L, scores.stride(0), n_chunks, EQUAL=False, **meta)
         return cnt.sum(1, dtype=torch.int64)
 
     # thr = the n_prune-th smallest key (1-based): the largest t with #{key < t} < n_prune
@@ -287,7 +269,7 @@ def topk_mask(scores: torch.Tensor, n_prune: int, *, fused: bool | None = None) 
         cand = thr + (1 << bit)
         thr = torch.where(below(cand) < k, cand, thr)
     n_less = below(thr)
-    _count_ties_kernel[grid](scores, thr, cnt, L, scores.stride(0), n_chunks, **meta)
+    _count_kernel[grid](scores, thr, cnt, L, scores.stride(0), n_chunks, EQUAL=True, **meta)
     tie_before = (torch.cumsum(cnt, 1, dtype=torch.int32) - cnt).contiguous()
     quota = (k - n_less).to(torch.int32)
     _apply_topk_kernel[grid](
