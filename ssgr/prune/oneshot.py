@@ -11,36 +11,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ssgr.ops import HessianAccumulator, nm_mask, sparsegpt_prune, topk_mask, wanda_scores
-from ssgr.ops._registry import resolve
+from ssgr.ops import HessianAccumulator
 
+from .methods import METHODS, prune_weight
 from .pattern import Pattern
+from .report import ModuleRecord, format_modules
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ModuleReport:
-    """What happened to one pruned module."""
-
-    name: str
-    shape: tuple[int, int]
-    sparsity: float
-    loss: float | None
-    damping: float | None
-    tokens: int
-    seconds: float
-    backend: str
-
-
-def find_decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """``{qualified name: Linear}`` for every nn.Linear inside the model's decoder layers.
+def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Linear]]:
+    """``{qualified name: (layer index, Linear)}`` for every nn.Linear inside the model's decoder
+    layers.
 
     Decoder layers are the entries of the longest ``nn.ModuleList`` in the model (for HF causal
     LMs: ``model.layers``); embeddings and ``lm_head`` are never included.
@@ -56,7 +44,7 @@ def find_decoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
     for i, layer in enumerate(layers):
         for n, mod in layer.named_modules():
             if isinstance(mod, nn.Linear):
-                out[f"{prefix}.{i}.{n}"] = mod
+                out[f"{prefix}.{i}.{n}"] = (i, mod)
     if not out:
         raise ValueError(f"no nn.Linear found inside {prefix} of {type(model).__name__}")
     return out
@@ -72,7 +60,7 @@ def prune_oneshot(
     blocksize: int = 128,
     percdamp: float = 0.01,
     backend: str | None = None,
-) -> list[ModuleReport]:
+) -> list[ModuleRecord]:
     """Prune every decoder Linear of ``model`` in place; returns one report per module.
 
     Args:
@@ -81,9 +69,10 @@ def prune_oneshot(
         pattern: unstructured fraction or N:M.
         method: ``sparsegpt``, ``wanda`` or ``magnitude``.
     """
-    if method not in ("sparsegpt", "wanda", "magnitude"):
-        raise ValueError(f"method must be sparsegpt, wanda or magnitude, got {method!r}")
-    targets = find_decoder_linears(model)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    found = find_decoder_linears(model)
+    targets = {n: mod for n, (_, mod) in found.items()}
     device = next(model.parameters()).device
     accs = {
         n: HessianAccumulator(
@@ -107,48 +96,28 @@ def prune_oneshot(
     for n, mod in tqdm(targets.items(), desc=f"{method} {pattern}", unit="module", leave=False):
         t0 = time.perf_counter()
         W = mod.weight.data
-        loss = damping = None
-        if method == "sparsegpt":
-            res = sparsegpt_prune(
-                W, accs[n].hessian(), blocksize=blocksize, percdamp=percdamp, backend=backend,
-                **pattern.op_kwargs(),
-            )
-            W.copy_(res.weight)
-            keep, loss, damping = res.mask, res.loss, res.damping
-        else:
-            scores = W.abs() if method == "magnitude" else wanda_scores(W, accs[n].col_sq_norms())
-            if pattern.is_nm:
-                keep = nm_mask(scores, pattern.n, pattern.m, backend=backend)
-            else:
-                keep = topk_mask(scores, pattern.sparsity, "row", backend=backend)
-            W.mul_(keep)
-        op = "sparsegpt" if method == "sparsegpt" else ("nm_mask" if pattern.is_nm else "topk_mask")
-        used, _ = resolve(op, W.device, backend)
+        res = prune_weight(
+            W, accs[n], method, pattern, blocksize=blocksize, percdamp=percdamp, backend=backend
+        )
+        W.copy_(res.weight)
         reports.append(
-            ModuleReport(
+            ModuleRecord(
                 name=n,
-                shape=tuple(W.shape),
-                sparsity=1.0 - float(keep.float().mean()),
-                loss=loss,
-                damping=damping,
+                layer=found[n][0],
+                group=n,
+                shape=list(W.shape),
+                sparsity=1.0 - float(res.mask.float().mean()),
+                loss=res.loss,
+                damping=res.damping,
                 tokens=accs[n].tokens,
                 seconds=time.perf_counter() - t0,
-                backend=used,
+                backend=res.backend,
             )
         )
         log.debug("pruned %s: %s", n, asdict(reports[-1]))
     return reports
 
 
-def format_table(reports: list[ModuleReport]) -> str:
+def format_table(reports: list[ModuleRecord]) -> str:
     """A readable per-module table."""
-    head = f"{'module':<40} {'shape':>12} {'sparsity':>8} {'loss':>11} {'damp':>6} {'tokens':>7} {'sec':>6} backend"
-    lines = [head, "-" * len(head)]
-    for r in reports:
-        loss = f"{r.loss:11.4g}" if r.loss is not None else f"{'-':>11}"
-        damp = f"{r.damping:6.3g}" if r.damping is not None else f"{'-':>6}"
-        shape = f"{r.shape[0]}x{r.shape[1]}"
-        lines.append(
-            f"{r.name:<40} {shape:>12} {r.sparsity:8.3f} {loss} {damp} {r.tokens:7d} {r.seconds:6.3f} {r.backend}"
-        )
-    return "\n".join(lines)
+    return "\n".join(format_modules([asdict(r) for r in reports]))

@@ -29,9 +29,8 @@ class ModuleRecord:
     backend: str
 
 
-def format_table(report: dict) -> str:
-    """A readable per-module table with the run's totals."""
-    recs = report["modules"]
+def format_modules(recs: list[dict]) -> list[str]:
+    """Header, rule and one line per module record (``asdict`` of :class:`ModuleRecord`)."""
     width = max([len(r["name"]) for r in recs] + [6])
     head = (f"{'module':<{width}} {'shape':>11} {'sparsity':>8} {'loss':>11} {'damp':>7} "
             f"{'tokens':>8} {'sec':>7} backend")
@@ -42,6 +41,14 @@ def format_table(report: dict) -> str:
         shape = f"{r['shape'][0]}x{r['shape'][1]}"
         lines.append(f"{r['name']:<{width}} {shape:>11} {r['sparsity']:8.4f} {loss} {damp} "
                      f"{r['tokens']:8d} {r['seconds']:7.3f} {r['backend']}")
+    return lines
+
+
+def format_table(report: dict) -> str:
+    """A readable per-module table with the run's totals."""
+    recs = report["modules"]
+    lines = format_modules(recs)
+    head = lines[0]
     t = report["totals"]
     st = t["activation_store"]
     br = ", ".join(f"{k} {v:.1f}s" for k, v in t["breakdown_s"].items())
