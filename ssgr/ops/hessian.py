@@ -18,6 +18,35 @@ _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 register("hessian", "reference", devices=("cpu", "cuda", "meta"))(reference.hessian_accumulate)
 
+#: Column-block width of the ``cpu`` backend's symmetric update (a multiple of 64 keeps the GEMM
+#: tiles aligned; 4-8 blocks across usual widths save 45-35% of the multiply-adds).
+SYRK_BLOCK = 256
+
+
+@register("hessian", "cpu", devices=("cpu",))
+def _hessian_cpu(H: torch.Tensor, X: torch.Tensor, block: int = SYRK_BLOCK,
+                 chunk: int = reference.HESSIAN_CHUNK) -> None:
+    """``H[d, d] += X^T X`` computing only the upper block triangle (a blocked SYRK).
+
+    X ``[t, d]`` is upcast chunk by chunk; for every column block ``j`` one GEMM adds
+    ``X[:, :j1]^T X[:, j]`` into ``H[:j1, j]`` (about half the multiply-adds of the full product),
+    then each strictly-lower block is copied from its transpose. H must be symmetric on entry (as
+    every accumulated Hessian is); the result is then exactly symmetric outside the diagonal
+    blocks and symmetric to fp32 rounding inside them.
+    """
+    d = H.shape[0]
+    if d <= block:
+        reference.hessian_accumulate(H, X, chunk)
+        return
+    for s in range(0, X.shape[0], chunk):
+        xc = X[s : s + chunk].to(H.dtype)
+        for j0 in range(0, d, block):
+            j1 = min(j0 + block, d)
+            H[:j1, j0:j1].addmm_(xc[:, :j1].T, xc[:, j0:j1])
+    for j0 in range(block, d, block):
+        j1 = min(j0 + block, d)
+        H[j0:j1, :j0] = H[:j0, j0:j1].T
+
 
 def _check(H: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     _checks.tensor("H", H, ndim=2)

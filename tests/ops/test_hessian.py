@@ -88,3 +88,26 @@ def test_accumulator_errors_name_the_module():
         acc.hessian()
     with pytest.raises(ValueError, match="positive int"):
         HessianAccumulator(0)
+
+
+@pytest.mark.parametrize("block", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_blocked_syrk_equals_reference(seed, block, dtype):
+    """The cpu backend's upper-block-triangle update (partial last block: d=67) over several
+    calls stays symmetric and equals the full product to fp32 rounding; the float64 H works."""
+    from ssgr.ops.hessian import _hessian_cpu
+
+    chunks = [torch.randn(t, 67).to(dtype) for t in (1, 50, 333)]
+    H, R = torch.zeros(67, 67), torch.zeros(67, 67)
+    H64 = torch.zeros(67, 67, dtype=torch.float64)
+    for X in chunks:
+        _hessian_cpu(H, X, block=block, chunk=40)  # chunking across calls too
+        hessian_accumulate(R, X, backend="reference")
+        _hessian_cpu(H64, X.double(), block=block)
+    flat = torch.cat(chunks).double()
+    oracle = flat.T @ flat
+    assert torch.equal(torch.tril(H, -block), torch.triu(H, block).T)
+    torch.testing.assert_close(H, H.T, rtol=1e-6, atol=1e-5)
+    err, err_ref = (H.double() - oracle).abs().max(), (R.double() - oracle).abs().max()
+    assert err <= 2 * err_ref + 1e-6 * oracle.abs().max()
+    torch.testing.assert_close(H64, oracle, rtol=1e-12, atol=1e-10)
