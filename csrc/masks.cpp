@@ -8,8 +8,28 @@
 
 namespace ssgr {
 
+// Rank in a stable descending order (ties keep the lower column) and keep the n first; the group
+// size known at compile time (2:4, 4:8) makes the loops unrolled and branch-free.
+template <int M, typename T>
+void nm_mask_fixed(const T* scores, int64_t rows, int64_t cols, int64_t n, uint8_t* keep) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < cols; g += M) {
+      const T* s = scores + r * cols + g;
+      uint8_t* k = keep + r * cols + g;
+      for (int j = 0; j < M; ++j) {
+        int rank = 0;
+        for (int q = 0; q < M; ++q) rank += (s[q] > s[j]) | ((s[q] == s[j]) & (q < j));
+        k[j] = rank < n;
+      }
+    }
+  }
+}
+
 template <typename T>
 void nm_mask(const T* scores, int64_t rows, int64_t cols, int64_t n, int64_t m, uint8_t* keep) {
+  if (m == 4) return nm_mask_fixed<4>(scores, rows, cols, n, keep);
+  if (m == 8) return nm_mask_fixed<8>(scores, rows, cols, n, keep);
   const int64_t groups = cols / m;
 #pragma omp parallel
   {

@@ -37,7 +37,8 @@ def test_nm_mask_ties_keep_lower_column(backend):
     keep = nm_mask(scores, 2, 4, backend=backend)
     assert keep.tolist() == [[True, True, False, False, False, True, True, False]]
     many = torch.randint(0, 3, (50, 64)).float()  # lots of ties
-    assert torch.equal(nm_mask(many, 2, 4, backend=backend), ref.nm_mask(many, 2, 4))
+    for n, m in ((2, 4), (1, 4), (3, 4), (4, 8), (3, 8), (5, 16)):  # unrolled m=4/8 and generic
+        assert torch.equal(nm_mask(many, n, m, backend=backend), ref.nm_mask(many, n, m))
 
 
 @pytest.mark.parametrize("backend", TOPK_BACKENDS)
