@@ -84,8 +84,17 @@ def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, backend: str | None 
     fn(H, X2)
 
 
+#: Short inputs are gathered into a buffer of this many tokens before one accumulate call: a
+#: 512-token sequence alone makes a small GEMM; a long trace (>= this) is accumulated directly.
+GATHER_TOKENS = 2048
+
+
 class HessianAccumulator:
     """Streaming ``X^T X`` and column squared norms of a module's input, token-averaged.
+
+    Inputs shorter than :data:`GATHER_TOKENS` are copied into a ``[GATHER_TOKENS, d]`` buffer (in
+    their dtype) and accumulated when it fills or a result is read, so many short sequences cost
+    a few large GEMMs instead of many small ones.
 
     Args:
         d: input features of the module(s) sharing this input.
@@ -116,6 +125,8 @@ class HessianAccumulator:
             torch.zeros(d, d, dtype=dtype, device=self.device) if hessian else None
         )
         self._sq = None if hessian else torch.zeros(d, dtype=dtype, device=self.device)
+        self._buf: torch.Tensor | None = None
+        self._pending = 0
 
     def add(self, X: torch.Tensor) -> None:
         """Accumulate activations ``X[..., d]`` (moved to the accumulator's device)."""
@@ -124,10 +135,16 @@ class HessianAccumulator:
             X = X.to(self.device, non_blocking=True)
         if self.H is not None:
             try:
-                hessian_accumulate(self.H, X, backend=self.backend)
+                X2 = _check(self.H, X)
+                t = X2.shape[0]
+                if t >= GATHER_TOKENS:
+                    self._flush()
+                    hessian_accumulate(self.H, X2, backend=self.backend)
+                elif t > 0:
+                    self._gather(X2)
             except ValueError as exc:
                 raise ValueError(f"{self.name or 'HessianAccumulator'}: {exc}") from None
-            self.tokens += X.numel() // self.d
+            self.tokens += t
             return
         if X.shape[-1] != self.d:
             raise ValueError(
@@ -137,6 +154,23 @@ class HessianAccumulator:
         X2 = X.reshape(-1, self.d)
         reference.col_sq_norms_accumulate(self._sq, X2)
         self.tokens += X2.shape[0]
+
+    def _gather(self, X2: torch.Tensor) -> None:
+        if self._buf is not None and self._buf.dtype != X2.dtype:
+            self._flush()
+            self._buf = None
+        if self._buf is None:
+            self._buf = torch.empty(GATHER_TOKENS, self.d, dtype=X2.dtype, device=self.device)
+        t = X2.shape[0]
+        if self._pending + t > GATHER_TOKENS:
+            self._flush()
+        self._buf[self._pending : self._pending + t].copy_(X2)
+        self._pending += t
+
+    def _flush(self) -> None:
+        if self._pending:
+            hessian_accumulate(self.H, self._buf[: self._pending], backend=self.backend)
+            self._pending = 0
 
     def _checked(self, t: torch.Tensor, what: str) -> torch.Tensor:
         if self.tokens == 0:
@@ -157,9 +191,12 @@ class HessianAccumulator:
         """Token-averaged ``H[d, d] = X^T X / tokens`` (float32)."""
         if self.H is None:
             raise ValueError(f"{self.name or 'HessianAccumulator'} was created with hessian=False")
+        self._flush()
         return self._checked(self.H, "Hessian")
 
     def col_sq_norms(self) -> torch.Tensor:
         """Token-averaged column squared norms ``[d]`` (= diag of :meth:`hessian`)."""
+        if self.H is not None:
+            self._flush()
         src = self.H.diagonal() if self.H is not None else self._sq
         return self._checked(src, "column norms")

@@ -111,3 +111,25 @@ def test_cpu_blocked_syrk_equals_reference(seed, block, dtype):
     err, err_ref = (H.double() - oracle).abs().max(), (R.double() - oracle).abs().max()
     assert err <= 2 * err_ref + 1e-6 * oracle.abs().max()
     torch.testing.assert_close(H64, oracle, rtol=1e-12, atol=1e-10)
+
+
+def test_accumulator_gathers_short_inputs(seed, monkeypatch):
+    """Short inputs are buffered (flushed when full, on a dtype change and when read), long
+    ones go straight through; the result equals one product over every token."""
+    from ssgr.ops import hessian as hmod
+
+    monkeypatch.setattr(hmod, "GATHER_TOKENS", 64)
+    calls: list[int] = []
+    real = hmod.hessian_accumulate
+    monkeypatch.setattr(hmod, "hessian_accumulate",
+                        lambda H, X, backend=None: (calls.append(X.shape[0]), real(H, X))[1])
+    pieces = [torch.randn(t, 40) for t in (30, 30, 30)] + [torch.randn(100, 40)]
+    pieces += [torch.randn(1, 5, 40).bfloat16(), torch.randn(7, 40)]
+    acc = hmod.HessianAccumulator(40)
+    for p in pieces:
+        acc.add(p)
+    assert calls == [60, 30, 100, 5]  # full buffer; pending before the long input; dtype change
+    flat = torch.cat([p.reshape(-1, 40).float() for p in pieces]).double()
+    torch.testing.assert_close(acc.hessian().double(), flat.T @ flat / 202, rtol=1e-5, atol=1e-5)
+    assert calls[-1] == 7 and acc.tokens == 202
+    torch.testing.assert_close(acc.col_sq_norms().double(), (flat**2).mean(0), rtol=1e-5, atol=1e-5)
