@@ -138,7 +138,8 @@ def _sparsegpt_cpu(
     rows, cols = Wc.shape
     keep = torch.empty(rows, cols, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=torch.float32)
-    acc = torch.zeros_like(Wc) if cols > blocksize else None  # sum_a (W_a - Q_a) T_ab
+    # sum_a (W_a - Q_a) T_ab; the first block's product overwrites it (beta=0), so no memset
+    acc = torch.empty_like(Wc) if cols > blocksize else None
     keep_blk = torch.empty(rows, blocksize, dtype=torch.uint8)
     err_blk = torch.empty(rows, blocksize, dtype=torch.float32)
     for i1 in range(0, cols, blocksize):
@@ -162,7 +163,7 @@ def _sparsegpt_cpu(
         )
         keep[:, i1:i2] = kb.bool()
         if i2 < cols:
-            acc[:, i2:].addmm_(Wb - W1, T[i1:i2, i2:])
+            acc[:, i2:].addmm_(Wb - W1, T[i1:i2, i2:], beta=0 if i1 == 0 else 1)
         Wb.copy_(W1)
     return Wc, keep, float(losses.sum().item()), damping
 
