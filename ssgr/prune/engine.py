@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,7 @@ from .layers import (
 )
 from .methods import METHODS, prune_weight
 from .pattern import Pattern, parse_pattern
-from .report import ModuleRecord, format_table
+from .report import ModuleRecord, format_table, peak_rss_bytes
 from .store import ActivationStore, choose_store, fmt_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
@@ -623,7 +622,7 @@ class _Engine:
             "totals": {
                 "wall_s": time.perf_counter() - self.t_start,
                 "breakdown_s": dict(self.timer.seconds),
-                "peak_cpu_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "peak_cpu_rss_bytes": peak_rss_bytes(),
                 "peak_gpu_bytes": int(peak_gpu),
                 "activation_store": {**self.store_info, "peak_bytes": self.store.peak_bytes},
                 "sparsity": _overall_sparsity(self.records),
