@@ -1,55 +1,128 @@
-"""N:M (2:4) and per-row top-k masks at Qwen-14B weight shapes: ssgr's GPU backends vs the
-reference (torch sort / scatter) in the same group. GPU only (skipped on CPU machines);
-``benchmarks/gpu.py`` reports the N:M kernel's bandwidth against a measured device copy."""
+"""Mask extraction at real models' weight shapes: N:M (2:4) keep masks, per-row 50% top-k masks
+(Wanda's selection) and Wanda scores.
+
+One group per op and shape: every ssgr backend of the op available on this device (reference,
+cpu; triton, cuda on a GPU) against a plain torch baseline, "torch-topk" (2:4:
+``scores.view(r, c // 4, 4).topk(2, -1)`` scattered into a bool mask; per row:
+``scores.topk(c - k, dim=1)`` scattered). ``wanda_scores`` (reference only) is timed at one shape
+against the plain expression ``W.abs() * norms.sqrt()`` ("torch-expr"). Random fp32 scores have no
+ties, so every ssgr mask must equal the baseline's (checked, ``mask_mismatch`` in extra_info).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from shapes import (
+    CPU_BIG_NUMEL,
+    DEVICE,
+    MASK_LAYERS,
+    WANDA_LAYER,
+    Layer,
+    backends,
+    rounds,
+    warmup,
+)
 
-from ssgr.ops import nm_mask, support_matrix, topk_mask
+from ssgr.ops import nm_mask, topk_mask, wanda_scores
 
-SHAPES = [(5120, 5120), (13824, 5120), (5120, 13824)]
-NM_IMPLS = ["reference"] + [b for b in ("triton", "cuda") if support_matrix()["nm_mask"][b] is None]
-TOPK_IMPLS = ["reference"] + [
-    b for b in ("triton", "cuda") if support_matrix()["topk_mask"][b] is None
-]
+N, M = 2, 4
+SPARSITY = 0.5
+BASELINE = "torch-topk"
+NM_IMPLS = backends("nm_mask") + [BASELINE]
+TOPK_IMPLS = backends("topk_mask") + [BASELINE]
+WANDA_IMPLS = backends("wanda_scores") + ["torch-expr"]
 
 
-def _scores(shape):
-    g = torch.Generator(device="cuda").manual_seed(shape[0] + shape[1])
-    return torch.randn(*shape, device="cuda", generator=g)
+def _scores(layer: Layer) -> torch.Tensor:
+    g = torch.Generator(device=DEVICE).manual_seed(layer.rows + layer.cols)
+    return torch.randn(layer.rows, layer.cols, device=DEVICE, generator=g)
+
+
+def torch_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Baseline N:M keep mask: top-n of each group of m consecutive scores, scattered."""
+    r, c = scores.shape
+    groups = scores.view(r, c // m, m)
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=scores.device)
+    keep.scatter_(-1, groups.topk(n, dim=-1).indices, True)
+    return keep.view(r, c)
+
+
+def torch_rowk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Baseline per-row keep mask: the ``c - int(c * sparsity)`` largest scores of each row."""
+    c = scores.shape[1]
+    keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    keep.scatter_(1, scores.topk(c - int(c * sparsity), dim=1).indices, True)
+    return keep
+
+
+def _time_and_check(benchmark, run: Callable[[], torch.Tensor], want: Callable[[], torch.Tensor],
+                    impl: str, rounds_: int) -> None:
+    out = benchmark.pedantic(run, rounds=rounds_, iterations=1, warmup_rounds=warmup())
+    if impl == BASELINE:
+        return
+    mism = int((out != want()).sum())
+    benchmark.extra_info.update(mask_mismatch=mism, numel=out.numel())
+    assert mism == 0, f"{impl}: {mism} mask entries differ from the torch baseline"
 
 
 @pytest.mark.parametrize("impl", NM_IMPLS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_nm_mask(benchmark, sync, shape, impl):
-    if not torch.cuda.is_available():
-        pytest.skip("GPU benchmark")
-    s = _scores(shape)
-    benchmark.group = f"nm_mask 2:4 {shape[0]}x{shape[1]} fp32"
-    benchmark.extra_info.update(op="nm_mask", impl=impl, bytes=s.numel() * 5)
+@pytest.mark.parametrize("layer", MASK_LAYERS, ids=lambda lay: lay.id)
+def test_nm_mask(benchmark, sync, layer: Layer, impl: str) -> None:
+    s = _scores(layer)
+    benchmark.group = f"nm_mask {N}:{M} {layer.label} fp32 {DEVICE}"
+    benchmark.extra_info.update(op="nm_mask", impl=impl, model=layer.model,
+                                shape=list(layer.shape), bytes=s.numel() * 5)
 
-    def run():
-        out = nm_mask(s, 2, 4, backend=impl)
+    def run() -> torch.Tensor:
+        out = torch_nm(s, N, M) if impl == BASELINE else nm_mask(s, N, M, backend=impl)
         sync()
         return out
 
-    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
+    _time_and_check(benchmark, run, lambda: torch_nm(s, N, M), impl,
+                    rounds(10, big=layer.numel >= CPU_BIG_NUMEL))
 
 
 @pytest.mark.parametrize("impl", TOPK_IMPLS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
-def test_topk_mask(benchmark, sync, shape, impl):
-    if not torch.cuda.is_available():
-        pytest.skip("GPU benchmark")
-    s = _scores(shape)
-    benchmark.group = f"topk_mask 50% per row {shape[0]}x{shape[1]} fp32"
-    benchmark.extra_info.update(op="topk_mask", impl=impl)
+@pytest.mark.parametrize("layer", MASK_LAYERS, ids=lambda lay: lay.id)
+def test_topk_mask(benchmark, sync, layer: Layer, impl: str) -> None:
+    s = _scores(layer)
+    benchmark.group = f"topk_mask {SPARSITY:.0%} per row {layer.label} fp32 {DEVICE}"
+    benchmark.extra_info.update(op="topk_mask", impl=impl, model=layer.model,
+                                shape=list(layer.shape), bytes=s.numel() * 5)
 
-    def run():
-        out = topk_mask(s, 0.5, "row", backend=impl)
+    def run() -> torch.Tensor:
+        if impl == BASELINE:
+            out = torch_rowk(s, SPARSITY)
+        else:
+            out = topk_mask(s, SPARSITY, "row", backend=impl)
         sync()
         return out
 
-    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    _time_and_check(benchmark, run, lambda: torch_rowk(s, SPARSITY), impl,
+                    rounds(5, big=layer.numel >= CPU_BIG_NUMEL))
+
+
+@pytest.mark.parametrize("impl", WANDA_IMPLS)
+def test_wanda_scores(benchmark, sync, impl: str) -> None:
+    layer = WANDA_LAYER
+    W = _scores(layer)
+    g = torch.Generator(device=DEVICE).manual_seed(layer.cols)
+    norms = torch.randn(layer.cols, device=DEVICE, generator=g).square()
+    benchmark.group = f"wanda_scores {layer.label} fp32 {DEVICE}"
+    benchmark.extra_info.update(op="wanda_scores", impl=impl, model=layer.model,
+                                shape=list(layer.shape), bytes=W.numel() * 8)
+
+    def run() -> torch.Tensor:
+        if impl == "torch-expr":
+            out = W.abs() * norms.sqrt()
+        else:
+            out = wanda_scores(W, norms, backend=impl)
+        sync()
+        return out
+
+    out = benchmark.pedantic(run, rounds=rounds(10), iterations=1, warmup_rounds=warmup())
+    if impl != "torch-expr":
+        torch.testing.assert_close(out, W.abs() * norms.sqrt(), rtol=0, atol=0)
