@@ -1,0 +1,41 @@
+"""The benchmark suite still runs: every op benchmark at tiny shapes (``SSGR_BENCH_SMOKE=1``, one
+round, results checked against the peers as in a real run), then ``report.py`` turns the JSON into
+the markdown table and the PNG. The end-to-end benchmark (minutes) is left to ``make bench``.
+Nothing here is a measurement."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_op_benchmarks_run_and_report(tmp_path):
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "SSGR_BENCH_SMOKE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:cacheprovider",
+         "-c", str(BENCH / "pytest.ini"), "--benchmark-only", f"--benchmark-json={out}",
+         "-k", "not e2e"],
+        cwd=BENCH, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    ops = {b["extra_info"]["op"] for b in data["benchmarks"]}
+    assert {"hessian", "sparsegpt", "nm_mask", "topk_mask", "wanda_scores"} <= ops
+    assert data["machine_info"]["ssgr"]["smoke"] is True
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from report import plot, table
+    finally:
+        sys.path.remove(str(BENCH))
+    md = table(str(out))
+    assert "Smoke run" in md and "### sparsegpt" in md and "x vs llm-compressor" in md
+    png = tmp_path / "smoke.png"
+    plot(str(out), str(png))
+    assert png.stat().st_size > 1000
