@@ -22,6 +22,22 @@ def machine_name() -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"cpu {cpu} {os.cpu_count()}c".lower()).strip("-")
 
 
+BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, md: str, results: Path) -> None:
+    """Replace the README's table between the bench markers with ``md`` (the latest run)."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: the markers {BEGIN!r} and {END!r} are missing; put them back "
+                         "in the Benchmarks section")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    body = (f"Latest CPU run (`{results.with_suffix('.*')}`, PNG: `{results.with_suffix('.png')}`; "
+            "medians; ratios are within one run):\n\n" + md.strip() + "\n")
+    readme.write_text(f"{head}{BEGIN}\n{body}{END}{tail}")
+
+
 def main() -> int:
     out = HERE / "results" / f"{machine_name()}.json"
     out.parent.mkdir(exist_ok=True)
@@ -37,6 +53,7 @@ def main() -> int:
         md = table(str(out))
         out.with_suffix(".md").write_text(md + "\n")
         plot(str(out), str(out.with_suffix(".png")))
+        update_readme(HERE.parent / "README.md", md, out.relative_to(HERE.parent))
         sys.stdout.write(md + "\n")
     return rc
 
