@@ -13,10 +13,8 @@ namespace ssgr {
 
 namespace {
 
-// Marks the n_prune smallest of s[0..g) in prune_out (1 = prune). Ties prune the lower index
-// first (the order of a stable ascending sort).
-// The same rank rule with the group size known at compile time (2:4, 4:8): fully unrolled and
-// branch-free.
+// smallest_n's rank rule with the group size known at compile time (2:4, 4:8): fully unrolled
+// and branch-free.
 template <int G>
 inline void smallest_n_fixed(const float* s, int64_t n_prune, uint8_t* prune_out) {
   for (int j = 0; j < G; ++j) {
@@ -26,6 +24,8 @@ inline void smallest_n_fixed(const float* s, int64_t n_prune, uint8_t* prune_out
   }
 }
 
+// Marks the n_prune smallest of s[0..g) in prune_out (1 = prune). Ties prune the lower index
+// first (the order of a stable ascending sort).
 inline void smallest_n(const float* s, int64_t g, int64_t n_prune, uint8_t* prune_out,
                        std::vector<int64_t>& order) {
   if (g == 4) return smallest_n_fixed<4>(s, n_prune, prune_out);
