@@ -5,20 +5,14 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-from .store import fmt_bytes
+from .store import fmt_bytes, proc_kib_field
 
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process in bytes: ``VmHWM`` (per address space; unlike
     ``getrusage``'s ``ru_maxrss`` it does not inherit the parent's peak through fork + exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    hwm = proc_kib_field("/proc/self/status", "VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 if hwm is None else hwm
 
 
 @dataclass

@@ -194,16 +194,23 @@ class ActivationStore:
         self.bytes = 0
 
 
-def available_ram() -> int:
-    """MemAvailable from /proc/meminfo (bytes); a large number where it cannot be read."""
+def proc_kib_field(path: str, key: str) -> int | None:
+    """The ``key:`` line of a /proc file given in kB (``/proc/meminfo``, ``/proc/self/status``),
+    in bytes; None where it cannot be read (not Linux)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 1 << 50
+    return None
+
+
+def available_ram() -> int:
+    """MemAvailable from /proc/meminfo (bytes); a large number where it cannot be read."""
+    avail = proc_kib_field("/proc/meminfo", "MemAvailable")
+    return (1 << 50) if avail is None else avail
 
 
 def choose_store(
