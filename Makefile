@@ -35,7 +35,7 @@ test: setup
 	cd tests && ../$(VENV)/bin/pytest -q -p no:cacheprovider --timeout=600 .
 
 bench: setup
-	$(PY) benchmarks/run_cpu.py
+	$(PY) benchmarks/run_bench.py
 
 # Compile-check every CUDA source for sm_90a with the build's flags (no GPU needed); a warning is
 # an error. The bindings (csrc/cuda_*.cpp) need a CUDA torch and are compiled by `make gpu`.
@@ -45,7 +45,9 @@ cuda-check:
 
 # On a GPU machine that already has torch, triton, pybind11, pytest and pytest-benchmark (no
 # internet): build ssgr with the CUDA extension for sm_90a, run the GPU tests, then the GPU
-# benchmarks at Qwen-14B layer shapes (JSON in benchmarks/results/, named after the device).
+# benchmarks: gpu.py's goal checks at Qwen-14B layer shapes, then the pytest-benchmark set at
+# Qwen2.5-7B / R1-Distill-Qwen-14B shapes (JSON, table and PNG in benchmarks/results/, named
+# after the device).
 # llm-compressor (the OBS peer) is installed from $(GPU_WHEELS) when it is not importable.
 GPU_PYTHON ?= python3
 GPU_WHEELS ?= benchmarks/wheels
@@ -55,6 +57,7 @@ gpu:
 	$(GPU_PYTHON) -c "import llmcompressor" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --find-links $(GPU_WHEELS) llmcompressor==0.14.0.1 || echo "llm-compressor unavailable: the OBS peer is reported as missing"
 	cd tests && $(GPU_PYTHON) -m pytest -q -p no:cacheprovider ops
 	$(GPU_PYTHON) benchmarks/gpu.py
+	$(GPU_PYTHON) benchmarks/run_bench.py
 
 clean:
 	rm -rf build *.egg-info ssgr/*.so $(VENV)

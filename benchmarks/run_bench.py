@@ -1,4 +1,11 @@
-"""``make bench``: the CPU benchmark set, results to benchmarks/results/<machine>.json + table."""
+"""``make bench`` / ``make gpu``: the pytest-benchmark set, results to
+``benchmarks/results/<machine>.json`` with its markdown table and PNG.
+
+On a CPU machine (``make bench``) the machine is named after the CPU and the README's table is
+refreshed; where CUDA is available (``make gpu``) the benchmarks take their GPU shapes, the file
+is named after the device (``gpu-<name>-pytest.json``, beside ``gpu.py``'s ``gpu-<name>.json``)
+and the README is left alone.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,12 @@ HERE = Path(__file__).resolve().parent
 
 
 def machine_name() -> str:
+    """``cpu-<model>-<cores>c``, or ``gpu-<device>-pytest`` where CUDA is available."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(0)
+        return re.sub(r"[^a-z0-9]+", "-", f"gpu {gpu} pytest".lower()).strip("-")
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -52,8 +65,12 @@ def main() -> int:
 
         md = table(str(out))
         out.with_suffix(".md").write_text(md + "\n")
-        plot(str(out), str(out.with_suffix(".png")))
-        update_readme(HERE.parent / "README.md", md, out.relative_to(HERE.parent))
+        try:
+            plot(str(out), str(out.with_suffix(".png")))
+        except ImportError as exc:  # an offline GPU image without matplotlib: table and JSON only
+            sys.stderr.write(f"no plot ({exc}); install matplotlib for the PNG\n")
+        if out.name.startswith("cpu-"):
+            update_readme(HERE.parent / "README.md", md, out.relative_to(HERE.parent))
         sys.stdout.write(md + "\n")
     return rc
 
