@@ -52,7 +52,9 @@ def update_readme(readme: Path, md: str, results: Path) -> None:
 
 
 def main() -> int:
-    out = HERE / "results" / f"{machine_name()}.json"
+    smoke = os.environ.get("SSGR_BENCH_SMOKE", "").strip() not in ("", "0")
+    # a smoke run (tiny shapes) never replaces the measured results or the README's table
+    out = HERE / "results" / f"{machine_name()}{'-smoke' if smoke else ''}.json"
     out.parent.mkdir(exist_ok=True)
     cmd = [
         sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
@@ -69,7 +71,7 @@ def main() -> int:
             plot(str(out), str(out.with_suffix(".png")))
         except ImportError as exc:  # an offline GPU image without matplotlib: table and JSON only
             sys.stderr.write(f"no plot ({exc}); install matplotlib for the PNG\n")
-        if out.name.startswith("cpu-"):
+        if out.name.startswith("cpu-") and not smoke:
             update_readme(HERE.parent / "README.md", md, out.relative_to(HERE.parent))
         sys.stdout.write(md + "\n")
     return rc
