@@ -22,7 +22,7 @@ import torch
 
 from . import _checks
 from ._registry import register
-from .obs import _damped, _inverse_factor_flipped, _prepare
+from .obs import _damped, _inverse_factor_flipped, _prepare, _unstructured_prune
 
 
 def _interpret_env() -> bool:
@@ -122,13 +122,7 @@ def blocked_sparsegpt(
         count = i2 - i1
         W1 = Wc[:, i1:i2]
         Ub = U[i1:i2, i1:i2]
-        prune = None
-        if n_prune == 0:
-            tmp = W1**2 / (torch.diag(Ub).reshape((1, -1))) ** 2
-            k = int(tmp.numel() * sparsity)
-            thresh = torch.kthvalue(tmp.flatten(), k + 1).values
-            prune = (tmp <= thresh).to(torch.uint8).contiguous()
-            del tmp
+        prune = _unstructured_prune(W1, Ub, sparsity) if n_prune == 0 else None
         kb = torch.empty(rows, count, dtype=torch.uint8, device=Wc.device)
         eb = torch.empty(rows, count, dtype=torch.float32, device=Wc.device)
         block_fn(W1, Ub, prune, n_prune, m, kb, eb, losses)

@@ -127,6 +127,16 @@ def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor
     return L.flip(0, 1)
 
 
+def _unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """uint8 ``[r, b]`` prune mask of one block for the fast backends: every ``w^2 / U_ii^2`` <=
+    the ``int(numel * sparsity)``-th smallest (0-based; ties prune more), as the reference's
+    sort, found with ``kthvalue``."""
+    tmp = W1**2 / (torch.diag(Ubb).reshape((1, -1))) ** 2
+    k = int(tmp.numel() * sparsity)
+    thresh = torch.kthvalue(tmp.flatten(), k + 1).values
+    return (tmp <= thresh).to(torch.uint8).contiguous()
+
+
 def _sparsegpt_cpu(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
@@ -149,12 +159,7 @@ def _sparsegpt_cpu(
         Ubb = torch.linalg.solve_triangular(T[i1:i2, i1:i2], eye, upper=True).contiguous()
         Wb = Wc[:, i1:i2]
         W1 = Wb.clone() if i1 == 0 else torch.addmm(Wb, acc[:, i1:i2], Ubb)
-        prune = None
-        if n_prune == 0:
-            tmp = W1**2 / (torch.diag(Ubb).reshape((1, -1))) ** 2
-            k = int(tmp.numel() * sparsity)
-            thresh = torch.kthvalue(tmp.flatten(), k + 1).values
-            prune = (tmp <= thresh).to(torch.uint8).contiguous()
+        prune = _unstructured_prune(W1, Ubb, sparsity) if n_prune == 0 else None
         kb = keep_blk[:, :count] if count == blocksize else torch.empty(rows, count, dtype=torch.uint8)
         eb = err_blk[:, :count] if count == blocksize else torch.empty(rows, count)
         lib.obs_block_f32(
