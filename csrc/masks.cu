@@ -20,14 +20,13 @@ namespace ssgr_cuda {
 
 namespace {
 
-template <typename T>
-__device__ inline float to_f(T v) { return static_cast<float>(v); }
-template <>
-__device__ inline float to_f<__half>(__half v) { return __half2float(v); }
-template <>
-__device__ inline float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+// A score as compared: fp32 and fp64 as they are, fp16 / bf16 widened to fp32.
+__device__ inline float score(float v) { return v; }
+__device__ inline double score(double v) { return v; }
+__device__ inline float score(__half v) { return __half2float(v); }
+__device__ inline float score(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-template <typename T, typename F>
+template <typename T>
 __global__ void nm_mask_kernel(const T* __restrict__ s, int64_t ld, int64_t groups_per_row,
                                int64_t n_groups, int n, int m, uint8_t* __restrict__ keep) {
   const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -36,28 +35,12 @@ __global__ void nm_mask_kernel(const T* __restrict__ s, int64_t ld, int64_t grou
   const T* g = s + row * ld + c0;
   uint8_t* k = keep + row * groups_per_row * m + c0;
   for (int j = 0; j < m; ++j) {
-    const F sj = static_cast<F>(to_f(g[j]));
+    const auto sj = score(g[j]);
     int rank = 0;
     for (int i = 0; i < m; ++i) {
-      const F si = static_cast<F>(to_f(g[i]));
+      const auto si = score(g[i]);
       rank += (si > sj) || (si == sj && i < j);
     }
-    k[j] = rank < n ? 1 : 0;
-  }
-}
-
-template <>
-__global__ void nm_mask_kernel<double, double>(const double* __restrict__ s, int64_t ld,
-                                               int64_t groups_per_row, int64_t n_groups, int n,
-                                               int m, uint8_t* __restrict__ keep) {
-  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (q >= n_groups) return;
-  const int64_t row = q / groups_per_row, c0 = (q % groups_per_row) * m;
-  const double* g = s + row * ld + c0;
-  uint8_t* k = keep + row * groups_per_row * m + c0;
-  for (int j = 0; j < m; ++j) {
-    int rank = 0;
-    for (int i = 0; i < m; ++i) rank += (g[i] > g[j]) || (g[i] == g[j] && i < j);
     k[j] = rank < n ? 1 : 0;
   }
 }
@@ -76,12 +59,10 @@ __device__ inline uint64_t key_of(double x) {
 
 template <typename T>
 struct KeyOf {
-  using F = float;
   using K = uint32_t;
 };
 template <>
 struct KeyOf<double> {
-  using F = double;
   using K = uint64_t;
 };
 
@@ -91,7 +72,6 @@ template <typename T>
 __global__ void __launch_bounds__(TOPK_THREADS)
     topk_row_kernel(const T* __restrict__ s, int64_t L, int64_t ld, int64_t n_prune,
                     uint8_t* __restrict__ keep) {
-  using F = typename KeyOf<T>::F;
   using K = typename KeyOf<T>::K;
   using Reduce = cub::BlockReduce<long long, TOPK_THREADS>;
   using Scan = cub::BlockScan<int, TOPK_THREADS>;
@@ -104,7 +84,7 @@ __global__ void __launch_bounds__(TOPK_THREADS)
   auto count_below = [&](K cand) -> long long {
     long long c = 0;
     for (int64_t i = threadIdx.x; i < L; i += TOPK_THREADS)
-      c += key_of(static_cast<F>(to_f(x[i]))) < cand;
+      c += key_of(score(x[i])) < cand;
     const long long sum = Reduce(red).Sum(c);
     if (threadIdx.x == 0) total = sum;
     __syncthreads();
@@ -123,7 +103,7 @@ __global__ void __launch_bounds__(TOPK_THREADS)
   for (int64_t base = 0; base < L; base += TOPK_THREADS) {
     const int64_t i = base + threadIdx.x;
     const bool in = i < L;
-    const K k = in ? key_of(static_cast<F>(to_f(x[i]))) : K(0);
+    const K k = in ? key_of(score(x[i])) : K(0);
     const int tie = (in && k == thr) ? 1 : 0;
     int incl, block_ties;
     Scan(scan).InclusiveSum(tie, incl, block_ties);
@@ -131,49 +111,6 @@ __global__ void __launch_bounds__(TOPK_THREADS)
       const bool pruned = k < thr || (tie && seen + incl <= quota);
       out[i] = pruned ? 0 : 1;
     }
-    seen += block_ties;
-    __syncthreads();
-  }
-}
-
-// Specialisation for double keys uses key_of(double); the generic path converts through float.
-template <>
-__global__ void __launch_bounds__(TOPK_THREADS)
-    topk_row_kernel<double>(const double* __restrict__ s, int64_t L, int64_t ld, int64_t n_prune,
-                            uint8_t* __restrict__ keep) {
-  using K = uint64_t;
-  using Reduce = cub::BlockReduce<long long, TOPK_THREADS>;
-  using Scan = cub::BlockScan<int, TOPK_THREADS>;
-  __shared__ typename Reduce::TempStorage red;
-  __shared__ typename Scan::TempStorage scan;
-  __shared__ long long total;
-  const double* x = s + static_cast<int64_t>(blockIdx.x) * ld;
-  uint8_t* out = keep + static_cast<int64_t>(blockIdx.x) * L;
-  auto count_below = [&](K cand) -> long long {
-    long long c = 0;
-    for (int64_t i = threadIdx.x; i < L; i += TOPK_THREADS) c += key_of(x[i]) < cand;
-    const long long sum = Reduce(red).Sum(c);
-    if (threadIdx.x == 0) total = sum;
-    __syncthreads();
-    const long long r = total;
-    __syncthreads();
-    return r;
-  };
-  K thr = 0;
-  for (int bit = 63; bit >= 0; --bit) {
-    const K cand = thr | (K(1) << bit);
-    if (count_below(cand) < n_prune) thr = cand;
-  }
-  const long long quota = n_prune - count_below(thr);
-  long long seen = 0;
-  for (int64_t base = 0; base < L; base += TOPK_THREADS) {
-    const int64_t i = base + threadIdx.x;
-    const bool in = i < L;
-    const K k = in ? key_of(x[i]) : K(0);
-    const int tie = (in && k == thr) ? 1 : 0;
-    int incl, block_ties;
-    Scan(scan).InclusiveSum(tie, incl, block_ties);
-    if (in) out[i] = (k < thr || (tie && seen + incl <= quota)) ? 0 : 1;
     seen += block_ties;
     __syncthreads();
   }
@@ -214,19 +151,19 @@ cudaError_t nm_mask(const void* s, int dtype, int64_t rows, int64_t cols, int64_
   const unsigned b = blocks_for(n_groups, 256);
   switch (dtype) {
     case 0:
-      nm_mask_kernel<float, float><<<b, 256, 0, stream>>>(
+      nm_mask_kernel<float><<<b, 256, 0, stream>>>(
           static_cast<const float*>(s), ld, gpr, n_groups, n, m, keep);
       break;
     case 1:
-      nm_mask_kernel<__half, float><<<b, 256, 0, stream>>>(
+      nm_mask_kernel<__half><<<b, 256, 0, stream>>>(
           static_cast<const __half*>(s), ld, gpr, n_groups, n, m, keep);
       break;
     case 2:
-      nm_mask_kernel<__nv_bfloat16, float><<<b, 256, 0, stream>>>(
+      nm_mask_kernel<__nv_bfloat16><<<b, 256, 0, stream>>>(
           static_cast<const __nv_bfloat16*>(s), ld, gpr, n_groups, n, m, keep);
       break;
     case 3:
-      nm_mask_kernel<double, double><<<b, 256, 0, stream>>>(
+      nm_mask_kernel<double><<<b, 256, 0, stream>>>(
           static_cast<const double*>(s), ld, gpr, n_groups, n, m, keep);
       break;
     default: return cudaErrorInvalidValue;
