@@ -54,6 +54,35 @@ __device__ void store_tile(const float* C, int ldc, float* H, float* sq, int bi,
   }
 }
 
+// Stages X[t:t + BK, r0:r0 + TILE] into sa and X[t:t + BK, c0:c0 + TILE] into sb (shared, row
+// stride ld; X's row stride is ldx), zero outside the tokens [.., t1) and the columns [0, D).
+template <typename T>
+__device__ inline void stage_tiles(const T* __restrict__ X, int64_t ldx, int64_t t, int64_t t1,
+                                   int64_t r0, int64_t c0, int64_t D, T* sa, T* sb, int ld,
+                                   T zero) {
+  for (int idx = threadIdx.x; idx < BK * TILE; idx += blockDim.x) {
+    const int k = idx / TILE, j = idx % TILE;
+    const int64_t tt = t + k;
+    const bool ok_t = tt < t1;
+    sa[k * ld + j] = (ok_t && r0 + j < D) ? X[tt * ldx + r0 + j] : zero;
+    sb[k * ld + j] = (ok_t && c0 + j < D) ? X[tt * ldx + c0 + j] : zero;
+  }
+}
+
+// The finished tile C (shared, row stride TILE + 4): added into H / sq when there is one split,
+// else written to split s's slot of the workspace for reduce_kernel.
+__device__ inline void finish_tile(const float* C, float* H, float* sq, float* ws, int split,
+                                   int s, int64_t n_tiles, int64_t tile, int bi, int bj,
+                                   int64_t D) {
+  if (split == 1) {
+    store_tile(C, TILE + 4, H, sq, bi, bj, D);
+    return;
+  }
+  float* out = ws + (static_cast<int64_t>(s) * n_tiles + tile) * TILE * TILE;
+  for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x)
+    out[idx] = C[(idx / TILE) * (TILE + 4) + idx % TILE];
+}
+
 template <typename T>
 __device__ inline T from_float(float v);
 template <>
@@ -85,13 +114,7 @@ __global__ void __launch_bounds__(128) xtx_wmma_kernel(const T* __restrict__ X, 
     for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   const T zero = from_float<T>(0.0f);
   for (int64_t t = t0; t < t1; t += BK) {
-    for (int idx = threadIdx.x; idx < BK * TILE; idx += blockDim.x) {
-      const int k = idx / TILE, j = idx % TILE;
-      const int64_t tt = t + k;
-      const bool ok_t = tt < t1;
-      sa[k][j] = (ok_t && r0 + j < D) ? X[tt * ldx + r0 + j] : zero;
-      sb[k][j] = (ok_t && c0 + j < D) ? X[tt * ldx + c0 + j] : zero;
-    }
+    stage_tiles(X, ldx, t, t1, r0, c0, D, &sa[0][0], &sb[0][0], TILE + PAD, zero);
     __syncthreads();
     for (int kk = 0; kk < BK; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::col_major> fa[2];
@@ -108,13 +131,7 @@ __global__ void __launch_bounds__(128) xtx_wmma_kernel(const T* __restrict__ X, 
       wmma::store_matrix_sync(&sc[wr + 16 * i][wc + 16 * j], acc[i][j], TILE + 4,
                               wmma::mem_row_major);
   __syncthreads();
-  if (split == 1) {
-    store_tile(&sc[0][0], TILE + 4, H, sq, bi, bj, D);
-  } else {
-    float* out = ws + (static_cast<int64_t>(s) * n_tiles + tile) * TILE * TILE;
-    for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x)
-      out[idx] = sc[idx / TILE][idx % TILE];
-  }
+  finish_tile(&sc[0][0], H, sq, ws, split, s, n_tiles, tile, bi, bj, D);
 }
 
 // fp32 tile on CUDA cores: 256 threads, 4x4 outputs each, IEEE fp32 FMA accumulation.
@@ -135,13 +152,7 @@ __global__ void __launch_bounds__(256) xtx_f32_kernel(const float* __restrict__ 
   const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
   float acc[4][4] = {};
   for (int64_t t = t0; t < t1; t += BK) {
-    for (int idx = threadIdx.x; idx < BK * TILE; idx += blockDim.x) {
-      const int k = idx / TILE, j = idx % TILE;
-      const int64_t tt = t + k;
-      const bool ok_t = tt < t1;
-      sa[k][j] = (ok_t && r0 + j < D) ? X[tt * ldx + r0 + j] : 0.0f;
-      sb[k][j] = (ok_t && c0 + j < D) ? X[tt * ldx + c0 + j] : 0.0f;
-    }
+    stage_tiles(X, ldx, t, t1, r0, c0, D, &sa[0][0], &sb[0][0], TILE, 0.0f);
     __syncthreads();
 #pragma unroll 8
     for (int k = 0; k < BK; ++k) {
@@ -156,13 +167,7 @@ __global__ void __launch_bounds__(256) xtx_f32_kernel(const float* __restrict__ 
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) sc[ty + 16 * i][tx + 16 * j] = acc[i][j];
   __syncthreads();
-  if (split == 1) {
-    store_tile(&sc[0][0], TILE + 4, H, sq, bi, bj, D);
-  } else {
-    float* out = ws + (static_cast<int64_t>(s) * n_tiles + tile) * TILE * TILE;
-    for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x)
-      out[idx] = sc[idx / TILE][idx % TILE];
-  }
+  finish_tile(&sc[0][0], H, sq, ws, split, s, n_tiles, tile, bi, bj, D);
 }
 
 __global__ void __launch_bounds__(256) reduce_kernel(const float* __restrict__ ws, int split,
