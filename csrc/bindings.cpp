@@ -19,13 +19,24 @@ PYBIND11_MODULE(_C, mod) {
       "obs_block_f32",
       [](std::uintptr_t w, int64_t ldw, std::uintptr_t u, int64_t ldu, std::uintptr_t prune,
          int64_t rows, int64_t count, int64_t n_prune, int64_t m, std::uintptr_t keep,
-         std::uintptr_t err, std::uintptr_t losses) {
+         int64_t ldk, std::uintptr_t losses, std::uintptr_t q_out, int64_t ldq,
+         std::uintptr_t dflip) {
         py::gil_scoped_release nogil;
-        ssgr::obs_block_f32(ptr<float>(w), ldw, ptr<const float>(u), ldu,
+        ssgr::obs_block_f32(ptr<const float>(w), ldw, ptr<const float>(u), ldu,
                             ptr<const uint8_t>(prune), rows, count, n_prune, m,
-                            ptr<uint8_t>(keep), ptr<float>(err), ptr<float>(losses));
+                            ptr<uint8_t>(keep), ldk, ptr<float>(losses), ptr<float>(q_out), ldq,
+                            ptr<float>(dflip));
       },
       "One fused SparseGPT OBS block (see csrc/ssgr_cpu.h)");
+  mod.def(
+      "block_prune_mask_f32",
+      [](std::uintptr_t w, int64_t ldw, std::uintptr_t u, int64_t ldu, int64_t rows,
+         int64_t count, int64_t k, std::uintptr_t prune) {
+        py::gil_scoped_release nogil;
+        ssgr::block_prune_mask_f32(ptr<const float>(w), ldw, ptr<const float>(u), ldu, rows, count,
+                                   k, ptr<uint8_t>(prune));
+      },
+      "Unstructured prune mask of one OBS block (see csrc/ssgr_cpu.h)");
   mod.def(
       "nm_mask",
       [](std::uintptr_t scores, bool is_double, int64_t rows, int64_t cols, int64_t n, int64_t m,

@@ -1,8 +1,10 @@
-// Fused SparseGPT OBS block loop for the CPU: one thread owns a row of the block for all of the
-// block's columns (rows are independent inside a block), so the whole per-column mask / error /
-// update recurrence runs in L1 with no temporaries. Arithmetic order per element is the
-// reference's: q, err = (w - q) / d, w[j] -= err * u[i, j] (no FMA: built with -ffp-contract=off).
-// The row loop is compiled twice (AVX2 and baseline x86-64) and picked at load time.
+// Fused SparseGPT OBS block loop for the CPU: one thread owns a tile of 16 rows of the block for
+// all of the block's columns (rows are independent inside a block) and holds it transposed, so
+// the per-column mask / error / update recurrence is a vector operation across the tile's rows
+// and runs in L1. Arithmetic order per element is the reference's: q, err = (w - q) / d,
+// w[j] -= err * u[i, j] (no FMA: built with -ffp-contract=off), so every row's result is the
+// same as a row-by-row loop's. The tile loop is compiled twice (AVX2 and baseline x86-64) and
+// picked at load time. Also here: the radix-select threshold of the unstructured block mask.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -13,23 +15,10 @@ namespace ssgr {
 
 namespace {
 
-// smallest_n's rank rule with the group size known at compile time (2:4, 4:8): fully unrolled
-// and branch-free.
-template <int G>
-inline void smallest_n_fixed(const float* s, int64_t n_prune, uint8_t* prune_out) {
-  for (int j = 0; j < G; ++j) {
-    int rank = 0;
-    for (int k = 0; k < G; ++k) rank += (s[k] < s[j]) | ((s[k] == s[j]) & (k < j));
-    prune_out[j] = rank < n_prune;
-  }
-}
-
 // Marks the n_prune smallest of s[0..g) in prune_out (1 = prune). Ties prune the lower index
 // first (the order of a stable ascending sort).
 inline void smallest_n(const float* s, int64_t g, int64_t n_prune, uint8_t* prune_out,
                        std::vector<int64_t>& order) {
-  if (g == 4) return smallest_n_fixed<4>(s, n_prune, prune_out);
-  if (g == 8) return smallest_n_fixed<8>(s, n_prune, prune_out);
   if (g <= 32) {
     for (int64_t j = 0; j < g; ++j) {
       int64_t rank = 0;
@@ -51,61 +40,196 @@ inline void smallest_n(const float* s, int64_t g, int64_t n_prune, uint8_t* prun
 #define SSGR_CLONES
 #endif
 
+// Rows per tile: the tile is held transposed (column-major, kLanes floats per column) so every
+// step of the recurrence is one vector operation across the tile's rows.
+constexpr int kLanes = 16;
+// 8 floats / int32 (one AVX2 register, two SSE), unaligned and allowed to alias their scalars.
+typedef float Vec8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int32_t Vec8i __attribute__((vector_size(32), aligned(4), may_alias));
+constexpr int kVecs = kLanes / 8;
+
+inline Vec8& vec(float* p) { return *reinterpret_cast<Vec8*>(p); }
+inline Vec8i& veci(int32_t* p) { return *reinterpret_cast<Vec8i*>(p); }
+
+// smallest_n's rank rule for all lanes at once with the group size known at compile time (2:4,
+// 4:8): branch-free, vectorised across lanes. wt / kt point at the group's first column; kt gets
+// 1 = kept, 0 = pruned.
+template <int G>
+inline void nm_group_lanes(float* wt, const float* diag, int32_t n_prune, int32_t* kt) {
+  for (int v = 0; v < kVecs; ++v) {
+    Vec8 s[G];
+    for (int j = 0; j < G; ++j) {
+      const Vec8 x = vec(wt + j * kLanes + 8 * v);
+      s[j] = (x * x) / (diag[j] * diag[j]);
+    }
+    for (int j = 0; j < G; ++j) {
+      Vec8i rank = {};
+      // a comparison is -1 where true: rank counts the lanes' smaller (or tied, lower) entries
+      for (int k = 0; k < j; ++k) rank -= s[k] <= s[j];
+      for (int k = j + 1; k < G; ++k) rank -= s[k] < s[j];
+      veci(kt + j * kLanes + 8 * v) = rank >= n_prune ? Vec8i{} + 1 : Vec8i{};
+    }
+  }
+}
+
+// The block's recurrence for rows [0, nrows) (nrows <= kLanes) of a tile; lanes past nrows are
+// zero padding and are not written back. wt [count * kLanes], kt [count * kLanes] (1 = kept),
+// score and gp [m] are scratch.
 SSGR_CLONES
-void obs_row(float* wr, const float* u, int64_t ldu, const float* diag, const uint8_t* pr,
-             int64_t count, int64_t n_prune, int64_t m, uint8_t* kr, float* er, float* loss_out,
-             float* score, uint8_t* gp, std::vector<int64_t>& order) {
+void obs_tile(const float* w, int64_t ldw, int64_t nrows, const float* u, int64_t ldu,
+              const float* diag, const uint8_t* prune, int64_t count, int64_t n_prune, int64_t m,
+              uint8_t* keep, int64_t ldk, float* losses, float* q_out, int64_t ldq, float* dflip,
+              float* wt, int32_t* kt, float* score, uint8_t* gp, std::vector<int64_t>& order) {
   const bool nm = n_prune > 0;
-  float loss = 0.0f;
+  if (nrows < kLanes) std::fill(wt, wt + count * kLanes, 0.0f);
+  for (int64_t l = 0; l < nrows; ++l)
+    for (int64_t i = 0; i < count; ++i) wt[i * kLanes + l] = w[l * ldw + i];
+  if (!nm) {
+    for (int64_t i = 0; i < count; ++i)
+      for (int l = 0; l < kLanes; ++l) kt[i * kLanes + l] = l < nrows ? !prune[l * count + i] : 1;
+  }
+  Vec8 loss[kVecs] = {};
   for (int64_t i = 0; i < count; ++i) {
+    float* wi = wt + i * kLanes;
+    int32_t* ki = kt + i * kLanes;
     if (nm && i % m == 0) {
       const int64_t g = std::min(m, count - i);
-      for (int64_t j = 0; j < g; ++j) {
-        const float d = diag[i + j];
-        score[j] = (wr[i + j] * wr[i + j]) / (d * d);
+      if (g == 4) {
+        nm_group_lanes<4>(wi, diag + i, static_cast<int32_t>(n_prune), ki);
+      } else if (g == 8) {
+        nm_group_lanes<8>(wi, diag + i, static_cast<int32_t>(n_prune), ki);
+      } else {
+        for (int l = 0; l < kLanes; ++l) {
+          for (int64_t j = 0; j < g; ++j) {
+            const float d = diag[i + j];
+            const float x = wt[(i + j) * kLanes + l];
+            score[j] = (x * x) / (d * d);
+          }
+          smallest_n(score, g, n_prune, gp, order);
+          for (int64_t j = 0; j < g; ++j) kt[(i + j) * kLanes + l] = gp[j] ? 0 : 1;
+        }
       }
-      smallest_n(score, g, n_prune, gp, order);
-      for (int64_t j = 0; j < g; ++j) kr[i + j] = gp[j] ? 0 : 1;
-    } else if (!nm) {
-      kr[i] = pr[i] ? 0 : 1;
     }
-    const float wi = wr[i];
-    const float q = kr[i] ? wi : 0.0f;
     const float d = diag[i];
-    const float diff = wi - q;
-    loss += (diff * diff) / (d * d);
-    const float e = diff / d;
-    er[i] = e;
-    if (e != 0.0f) {  // a kept weight has e == 0: its update is a no-op
-      const float* ui = u + i * ldu;
-      for (int64_t j = i + 1; j < count; ++j) wr[j] -= e * ui[j];
+    const float dd = d * d;
+    Vec8 ev[kVecs];
+    for (int v = 0; v < kVecs; ++v) {
+      const Vec8 wv = vec(wi + 8 * v);
+      const Vec8 q = veci(ki + 8 * v) != 0 ? wv : Vec8{};
+      const Vec8 diff = wv - q;
+      loss[v] += (diff * diff) / dd;
+      ev[v] = diff / d;
+      vec(wi + 8 * v) = q;
     }
-    wr[i] = q;
+    const float* ui = u + i * ldu;
+    for (int64_t j = i + 1; j < count; ++j) {
+      const float uij = ui[j];
+      for (int v = 0; v < kVecs; ++v) vec(wt + j * kLanes + 8 * v) -= ev[v] * uij;
+    }
   }
-  *loss_out += loss / 2.0f;
+  alignas(32) float lsum[kLanes];
+  for (int v = 0; v < kVecs; ++v) vec(lsum + 8 * v) = loss[v];
+  for (int64_t l = 0; l < nrows; ++l) {
+    float* qr = q_out + l * ldq;
+    if (dflip != nullptr) {
+      float* dr = dflip + l * count;
+      for (int64_t i = 0; i < count; ++i) dr[count - 1 - i] = qr[i] - wt[i * kLanes + l];
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      qr[i] = wt[i * kLanes + l];
+      keep[l * ldk + i] = static_cast<uint8_t>(kt[i * kLanes + l]);
+    }
+    losses[l] += lsum[l] / 2.0f;
+  }
 }
 
 }  // namespace
 
-void obs_block_f32(float* w, int64_t ldw, const float* u, int64_t ldu, const uint8_t* prune,
-                   int64_t rows, int64_t count, int64_t n_prune, int64_t m, uint8_t* keep,
-                   float* err, float* losses) {
+void obs_block_f32(const float* w, int64_t ldw, const float* u, int64_t ldu,
+                   const uint8_t* prune, int64_t rows, int64_t count, int64_t n_prune, int64_t m,
+                   uint8_t* keep, int64_t ldk, float* losses, float* q_out, int64_t ldq,
+                   float* dflip) {
   std::vector<float> diag(count);
   for (int64_t i = 0; i < count; ++i) diag[i] = u[i * ldu + i];
-  const int64_t g = n_prune > 0 ? m : 1;
+  const int64_t tiles = (rows + kLanes - 1) / kLanes;
 
 #pragma omp parallel
   {
-    std::vector<float> score(g);
-    std::vector<uint8_t> gp(g);
-    std::vector<int64_t> order(g);
+    std::vector<float> wt(count * kLanes);
+    std::vector<int32_t> kt(count * kLanes);
+    std::vector<float> score(n_prune > 0 ? m : 1);
+    std::vector<uint8_t> gp(n_prune > 0 ? m : 1);
+    std::vector<int64_t> order(n_prune > 0 ? m : 1);
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      obs_row(w + r * ldw, u, ldu, diag.data(), prune ? prune + r * count : nullptr, count,
-              n_prune, m, keep + r * count, err + r * count, losses + r, score.data(), gp.data(),
-              order);
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r = t * kLanes;
+      obs_tile(w + r * ldw, ldw, std::min<int64_t>(kLanes, rows - r), u, ldu, diag.data(),
+               prune ? prune + r * count : nullptr, count, n_prune, m, keep + r * ldk, ldk,
+               losses + r, q_out + r * ldq, ldq, dflip ? dflip + r * count : nullptr, wt.data(),
+               kt.data(), score.data(), gp.data(), order);
     }
   }
+}
+
+namespace {
+
+constexpr int64_t kRadix = 1 << 16;
+
+// Histogram of key(i) over [0, n) into hist[kRadix], parallel (per-thread counts merged);
+// a negative key is not counted.
+template <typename Key>
+void histogram16(int64_t n, Key key, std::vector<int64_t>& hist) {
+  std::fill(hist.begin(), hist.end(), 0);
+#pragma omp parallel
+  {
+    std::vector<int64_t> local(kRadix, 0);
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = key(i);
+      if (b >= 0) ++local[b];
+    }
+#pragma omp critical
+    for (int64_t b = 0; b < kRadix; ++b) hist[b] += local[b];
+  }
+}
+
+// The bucket holding the k-th smallest (0-based) and k's rank inside it.
+int64_t find_bucket(const std::vector<int64_t>& hist, int64_t& k) {
+  for (int64_t b = 0; b < kRadix; ++b) {
+    if (k < hist[b]) return b;
+    k -= hist[b];
+  }
+  return kRadix - 1;  // unreachable when k < the histogram's total
+}
+
+}  // namespace
+
+void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t ldu, int64_t rows,
+                          int64_t count, int64_t k, uint8_t* prune) {
+  const int64_t n = rows * count;
+  std::vector<float> dd(count);
+  for (int64_t i = 0; i < count; ++i) dd[i] = u[i * ldu + i] * u[i * ldu + i];
+  // Scores as bit patterns: for non-negative floats (w^2 / d^2 >= 0, never -0) the unsigned bit
+  // pattern orders exactly like the value, +Inf included.
+  std::vector<uint32_t> bits(n);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* wr = w + r * ldw;
+    uint32_t* br = bits.data() + r * count;
+    for (int64_t i = 0; i < count; ++i) {
+      const float s = (wr[i] * wr[i]) / dd[i];
+      std::memcpy(br + i, &s, sizeof(float));
+    }
+  }
+  std::vector<int64_t> hist(kRadix);
+  histogram16(n, [&](int64_t i) { return int64_t{bits[i] >> 16}; }, hist);
+  const uint32_t hi = static_cast<uint32_t>(find_bucket(hist, k));
+  histogram16(
+      n, [&](int64_t i) { return (bits[i] >> 16) == hi ? int64_t{bits[i] & 0xFFFF} : int64_t{-1}; },
+      hist);
+  const uint32_t thresh = (hi << 16) | static_cast<uint32_t>(find_bucket(hist, k));
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) prune[i] = bits[i] <= thresh;
 }
 
 }  // namespace ssgr

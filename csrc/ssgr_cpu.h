@@ -7,21 +7,33 @@
 namespace ssgr {
 
 // One block of SparseGPT's blocked OBS loop (IST-DASLab fasterprune / llm-compressor
-// sparsify_weight semantics), parallel over rows.
-//   w      [rows, count] fp32, row stride ldw: the block's current weights; overwritten with
-//          the pruned and compensated weights Q.
+// sparsify_weight semantics), parallel over tiles of rows.
+//   w      [rows, count] fp32, row stride ldw: the block's current weights (read only).
 //   u      [count, count] fp32, row stride ldu: the block's diagonal block of U = chol(H^-1)^T.
-//   prune  [rows, count] uint8, row stride count, or nullptr. Unstructured mode (n_prune == 0):
-//          1 marks a weight to prune (chosen for the whole block beforehand). N:M mode: output.
+//   prune  [rows, count] uint8, row stride count: unstructured mode (n_prune == 0), 1 marks a
+//          weight to prune (chosen for the whole block beforehand); unused in N:M mode.
 //   n_prune, m: N:M mode when n_prune > 0: at every column i with i % m == 0 the n_prune
 //          weights of smallest w^2 / u_jj^2 among columns i..i+m-1 (already updated) are pruned;
 //          ties prune the lower column first.
-//   keep   [rows, count] uint8 out (1 = kept), row stride count.
-//   err    [rows, count] fp32 out, row stride count: (w - q) / u_ii per column.
+//   keep   [rows, count] uint8 (or bool) out, row stride ldk: 1 = kept.
 //   losses [rows] fp32 in/out: += sum_i (w - q)^2 / u_ii^2 / 2.
-void obs_block_f32(float* w, int64_t ldw, const float* u, int64_t ldu, const uint8_t* prune,
-                   int64_t rows, int64_t count, int64_t n_prune, int64_t m, uint8_t* keep,
-                   float* err, float* losses);
+//   q_out  [rows, count] fp32 out, row stride ldq: the pruned and compensated weights Q (may be
+//          w itself).
+//   dflip  [rows, count] fp32 out (contiguous), or nullptr: dflip[r, count - 1 - i] =
+//          q_out[r, i] before the call - Q[r, i] (column-reversed; q_out holds the block's
+//          original weights for the cpu backend's flipped trailing update).
+void obs_block_f32(const float* w, int64_t ldw, const float* u, int64_t ldu,
+                   const uint8_t* prune, int64_t rows, int64_t count, int64_t n_prune, int64_t m,
+                   uint8_t* keep, int64_t ldk, float* losses, float* q_out, int64_t ldq,
+                   float* dflip);
+
+// Unstructured prune mask of one OBS block: with scores s = w^2 / u_ii^2 (fp32, in that order),
+// prune[r, i] = 1 where s <= the k-th smallest score of the block (0-based; ties prune more:
+// the rule of a sort-based threshold). Found by a two-pass radix select on the score bits.
+//   w [rows, count] fp32 (row stride ldw), u [count, count] (row stride ldu; only its diagonal
+//   is read), prune [rows, count] uint8 out (contiguous), 0 <= k < rows * count.
+void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t ldu, int64_t rows,
+                          int64_t count, int64_t k, uint8_t* prune);
 
 // N:M keep mask: in every group of m consecutive columns of every row keep the n largest
 // scores (ties keep the lower column). scores [rows, cols] (cols % m == 0), keep out uint8.

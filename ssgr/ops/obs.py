@@ -15,8 +15,11 @@ If the Cholesky fails the damping fraction is multiplied by 10 and retried (up t
 The ``cpu`` backend computes the same result in another order: with ``T = J chol(J H J) J``
 (J reverses the columns) one has ``T = U^-1``, so it needs one Cholesky instead of three
 factorisations, and the trailing update is ``W_b += (sum_{a<b} (W_a - Q_a) T_ab) U_bb``, which
-equals ``W_b -= sum_{a<b} Err_a U_ab`` (``E U = W - Q``). The per-block column loop runs fused in
-C++ (csrc/obs.cpp), parallel over rows.
+equals ``W_b -= sum_{a<b} Err_a U_ab`` (``E U = W - Q``). It never forms T: the Cholesky runs in
+place on one flipped copy of H (LAPACK ``spotrf``, :mod:`._lapack`) and every product reads that
+factor in flipped coordinates. The per-block column loop runs fused in C++ (csrc/obs.cpp), on
+tiles of 16 rows held transposed so each step is a vector operation across rows, and the
+unstructured block threshold is a radix select there too.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks, _cpu, reference
+from . import _checks, _cpu, _lapack, reference
 from ._registry import register, resolve
 
 log = logging.getLogger(__name__)
@@ -137,39 +140,62 @@ def _unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) ->
     return (tmp <= thresh).to(torch.uint8).contiguous()
 
 
+def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """``L[c, c]`` lower with ``J (H + damp I) J = L L^T`` (J reverses the order), so that
+    ``T = J L J = U^-1``. Factored in place in one flipped copy of H (:func:`_lapack.potrf_`);
+    L's strict upper triangle is unspecified."""
+    Hf = H.flip(0, 1)  # the one copy; damping the diagonal commutes with the flip
+    Hf.diagonal().add_(damp)
+    return _lapack.potrf_(Hf)
+
+
 def _sparsegpt_cpu(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """The cpu backend, in flipped coordinates: ``T = J L J`` is never formed. With
+    ``f1, f2 = c - i2, c - i1`` for block ``[i1, i2)``: ``T_bb = J L[f1:f2, f1:f2] J``,
+    ``T[i1:i2, i2:] = J L[f1:f2, :f1] J``, and the accumulator is kept column-reversed
+    (``accf[:, c - 1 - j] = sum_{a} (W_a - Q_a) T_aj``), so every product reads L in place."""
     lib = _cpu.lib()
     Wc, Hc = _prepare(W, H, torch.float32)
-    T, damping = _damped(Hc, percdamp, _inverse_factor_flipped)
+    L, damping = _damped(Hc, percdamp, _flipped_cholesky)
     del Hc
     rows, cols = Wc.shape
     keep = torch.empty(rows, cols, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=torch.float32)
-    # sum_a (W_a - Q_a) T_ab; the first block's product overwrites it (beta=0), so no memset
-    acc = torch.empty_like(Wc) if cols > blocksize else None
-    keep_blk = torch.empty(rows, blocksize, dtype=torch.uint8)
-    err_blk = torch.empty(rows, blocksize, dtype=torch.float32)
+    # the first block's product overwrites accf (beta=0), so no memset
+    accf = torch.empty_like(Wc) if cols > blocksize else None
+    prune_blk = torch.empty(rows, blocksize, dtype=torch.uint8) if n_prune == 0 else None
+    dflip = torch.empty(rows, blocksize, dtype=torch.float32)  # (W_b - Q_b) J of one block
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
+        f1, f2 = cols - i2, cols - i1
         eye = torch.eye(count, dtype=torch.float32)
-        Ubb = torch.linalg.solve_triangular(T[i1:i2, i1:i2], eye, upper=True).contiguous()
+        Linv = torch.linalg.solve_triangular(L[f1:f2, f1:f2].tril(), eye, upper=False)
+        Ubb = Linv.flip(0, 1).contiguous()  # U_bb = T_bb^-1 = J L_bb^-1 J
         Wb = Wc[:, i1:i2]
-        W1 = Wb.clone() if i1 == 0 else torch.addmm(Wb, acc[:, i1:i2], Ubb)
-        prune = _unstructured_prune(W1, Ubb, sparsity) if n_prune == 0 else None
-        kb = keep_blk[:, :count] if count == blocksize else torch.empty(rows, count, dtype=torch.uint8)
-        eb = err_blk[:, :count] if count == blocksize else torch.empty(rows, count)
+        # acc_b U_bb = (accf_b J)(J Linv J) = accf_b (Linv J)
+        W1 = Wb if i1 == 0 else torch.addmm(Wb, accf[:, f1:f2], Linv.flip(1))
+        prune_ptr = 0
+        if n_prune == 0:
+            pb = prune_blk if count == blocksize else torch.empty(rows, count, dtype=torch.uint8)
+            k = int(rows * count * sparsity)  # llm-compressor's per-block count (k+1 tie rule)
+            lib.block_prune_mask_f32(W1.data_ptr(), W1.stride(0), Ubb.data_ptr(), count, rows,
+                                     count, k, pb.data_ptr())
+            prune_ptr = pb.data_ptr()
+        last = i2 == cols  # only the last block can be partial
+        # Q goes into W's block, whose original values give D J = (W_b - Q_b) J; keep goes into
+        # the bool mask (one byte, 0/1)
         lib.obs_block_f32(
-            W1.data_ptr(), count, Ubb.data_ptr(), count, 0 if prune is None else prune.data_ptr(),
-            rows, count, n_prune, m, kb.data_ptr(), eb.data_ptr(), losses.data_ptr(),
+            W1.data_ptr(), W1.stride(0), Ubb.data_ptr(), count, prune_ptr, rows, count, n_prune,
+            m, keep[:, i1:].data_ptr(), cols, losses.data_ptr(), Wb.data_ptr(), cols,
+            0 if last else dflip.data_ptr(),
         )
-        keep[:, i1:i2] = kb.bool()
-        if i2 < cols:
-            acc[:, i2:].addmm_(Wb - W1, T[i1:i2, i2:], beta=0 if i1 == 0 else 1)
-        Wb.copy_(W1)
+        if not last:
+            # acc[:, i2:] += D T[i1:i2, i2:]  <=>  accf[:, :f1] += (D J) L[f1:f2, :f1]
+            accf[:, :f1].addmm_(dflip, L[f1:f2, :f1], beta=0 if i1 == 0 else 1)
     return Wc, keep, float(losses.sum().item()), damping
 
 

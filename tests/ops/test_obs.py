@@ -18,6 +18,8 @@ CASES = [
     (29, 104, 32, dict(n=4, m=8), (0.0, 4, 4 * 2)),
     (16, 96, 48, dict(n=1, m=4), (0.0, 3, 4)),  # keep 1 of 4 = llm-compressor prune_n=3
     (64, 128, 128, dict(sparsity=0.7), (0.7, 0, 0)),
+    (21, 120, 40, dict(n=3, m=5), (0.0, 2, 5)),  # a group size with no unrolled kernel
+    (9, 128, 128, dict(n=16, m=64), (0.0, 48, 64)),  # a group ranked by a sort
 ]
 
 
@@ -212,3 +214,56 @@ def test_env_backend_is_strict(monkeypatch):
         sparsegpt_prune(W, H, sparsity=0.5)
     monkeypatch.setenv("SSGR_BACKEND", "reference")
     assert sparsegpt_prune(W, H, sparsity=0.5).mask.shape == (4, 8)
+
+
+# ------------------------------------------------------------------ the cpu backend's own parts
+
+
+def _kthvalue_prune(W1: torch.Tensor, d: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The reference rule: prune every ``w^2 / d^2 <=`` the ``int(numel * sparsity)``-th
+    smallest (0-based)."""
+    tmp = W1**2 / (d.reshape(1, -1)) ** 2
+    k = int(tmp.numel() * sparsity)
+    return tmp <= torch.kthvalue(tmp.flatten(), k + 1).values
+
+
+@pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
+@pytest.mark.parametrize("rows,count,ld", [(37, 100, 100), (16, 128, 300), (1, 5, 5), (300, 128, 128)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.7, 0.999])
+@pytest.mark.parametrize("values", ["normal", "ties", "zeros"])
+def test_cpu_block_prune_mask_equals_kthvalue(seed, rows, count, ld, sparsity, values):
+    """The radix-select threshold of the cpu backend's unstructured block mask prunes exactly
+    what a kthvalue threshold prunes: ties (which prune more), zeros, a strided W, k = 0."""
+    from ssgr.ops import _cpu
+
+    base = torch.randn(rows, ld)
+    if values == "ties":
+        base = torch.randint(-3, 4, (rows, ld)).float()
+    elif values == "zeros":
+        base[torch.rand(rows, ld) < 0.6] = 0.0
+    W1 = base[:, :count]  # row stride ld
+    U = torch.eye(count) * (0.5 + torch.rand(count))
+    if values == "ties":
+        U = torch.eye(count) * torch.randint(1, 3, (count,)).float()
+    prune = torch.empty(rows, count, dtype=torch.uint8)
+    k = int(rows * count * sparsity)
+    _cpu.lib().block_prune_mask_f32(W1.data_ptr(), ld, U.data_ptr(), count, rows, count, k,
+                                    prune.data_ptr())
+    expected = _kthvalue_prune(W1, U.diagonal(), sparsity)
+    assert torch.equal(prune.bool(), expected)
+    assert int(prune.sum()) >= k + 1
+
+
+@pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
+def test_cpu_backend_without_inplace_lapack(seed, monkeypatch):
+    """Where torch's library exports no ``spotrf_`` the cpu backend factors with
+    torch.linalg.cholesky and gets the same result."""
+    from ssgr.ops import _lapack
+
+    W = torch.randn(40, 96)
+    H = random_hessian(96)
+    fast = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
+    monkeypatch.setattr(_lapack, "_spotrf", lambda: None)
+    slow = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
+    assert torch.equal(fast.mask, slow.mask)
+    torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-5, atol=1e-5)
