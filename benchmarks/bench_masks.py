@@ -58,12 +58,25 @@ def torch_rowk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
-def _time_and_check(benchmark, run: Callable[[], torch.Tensor], want: Callable[[], torch.Tensor],
-                    impl: str, rounds_: int) -> None:
+def _bench_mask(benchmark, sync, layer: Layer, impl: str, op: str, group: str,
+                baseline: Callable[[torch.Tensor], torch.Tensor],
+                fast: Callable[[torch.Tensor], torch.Tensor], rounds_: int) -> None:
+    """Time ``fast(scores)`` (ssgr backend ``impl``) or ``baseline(scores)`` (the torch baseline)
+    on this layer's scores and check the mask equals the baseline's."""
+    s = _scores(layer)
+    benchmark.group = f"{group} {layer.label} fp32 {DEVICE}"
+    benchmark.extra_info.update(op=op, impl=impl, model=layer.model, shape=list(layer.shape),
+                                bytes=s.numel() * 5)
+
+    def run() -> torch.Tensor:
+        out = baseline(s) if impl == BASELINE else fast(s)
+        sync()
+        return out
+
     out = benchmark.pedantic(run, rounds=rounds_, iterations=1, warmup_rounds=warmup())
     if impl == BASELINE:
         return
-    mism = int((out != want()).sum())
+    mism = int((out != baseline(s)).sum())
     benchmark.extra_info.update(mask_mismatch=mism, numel=out.numel())
     assert mism == 0, f"{impl}: {mism} mask entries differ from the torch baseline"
 
@@ -71,38 +84,18 @@ def _time_and_check(benchmark, run: Callable[[], torch.Tensor], want: Callable[[
 @pytest.mark.parametrize("impl", NM_IMPLS)
 @pytest.mark.parametrize("layer", MASK_LAYERS, ids=lambda lay: lay.id)
 def test_nm_mask(benchmark, sync, layer: Layer, impl: str) -> None:
-    s = _scores(layer)
-    benchmark.group = f"nm_mask {N}:{M} {layer.label} fp32 {DEVICE}"
-    benchmark.extra_info.update(op="nm_mask", impl=impl, model=layer.model,
-                                shape=list(layer.shape), bytes=s.numel() * 5)
-
-    def run() -> torch.Tensor:
-        out = torch_nm(s, N, M) if impl == BASELINE else nm_mask(s, N, M, backend=impl)
-        sync()
-        return out
-
-    _time_and_check(benchmark, run, lambda: torch_nm(s, N, M), impl,
-                    rounds(10, big=layer.numel >= CPU_BIG_NUMEL))
+    _bench_mask(benchmark, sync, layer, impl, "nm_mask", f"nm_mask {N}:{M}",
+                lambda s: torch_nm(s, N, M), lambda s: nm_mask(s, N, M, backend=impl),
+                rounds(10, big=layer.numel >= CPU_BIG_NUMEL))
 
 
 @pytest.mark.parametrize("impl", TOPK_IMPLS)
 @pytest.mark.parametrize("layer", MASK_LAYERS, ids=lambda lay: lay.id)
 def test_topk_mask(benchmark, sync, layer: Layer, impl: str) -> None:
-    s = _scores(layer)
-    benchmark.group = f"topk_mask {SPARSITY:.0%} per row {layer.label} fp32 {DEVICE}"
-    benchmark.extra_info.update(op="topk_mask", impl=impl, model=layer.model,
-                                shape=list(layer.shape), bytes=s.numel() * 5)
-
-    def run() -> torch.Tensor:
-        if impl == BASELINE:
-            out = torch_rowk(s, SPARSITY)
-        else:
-            out = topk_mask(s, SPARSITY, "row", backend=impl)
-        sync()
-        return out
-
-    _time_and_check(benchmark, run, lambda: torch_rowk(s, SPARSITY), impl,
-                    rounds(5, big=layer.numel >= CPU_BIG_NUMEL))
+    _bench_mask(benchmark, sync, layer, impl, "topk_mask", f"topk_mask {SPARSITY:.0%} per row",
+                lambda s: torch_rowk(s, SPARSITY),
+                lambda s: topk_mask(s, SPARSITY, "row", backend=impl),
+                rounds(5, big=layer.numel >= CPU_BIG_NUMEL))
 
 
 @pytest.mark.parametrize("impl", WANDA_IMPLS)
