@@ -38,6 +38,17 @@ PYBIND11_MODULE(_C, mod) {
       },
       "Unstructured prune mask of one OBS block (see csrc/ssgr_cpu.h)");
   mod.def(
+      "flip2d_f32",
+      [](std::uintptr_t src, int64_t n, std::uintptr_t dst) {
+        py::gil_scoped_release nogil;
+        ssgr::flip2d_f32(ptr<const float>(src), n, ptr<float>(dst));
+      },
+      "dst = src reversed along both dims, n x n fp32 (see csrc/ssgr_cpu.h)");
+  mod.def(
+      "advise_hugepages",
+      [](std::uintptr_t p, int64_t bytes) { ssgr::advise_hugepages(ptr<void>(p), bytes); },
+      "Transparent-huge-page hint for a large fresh buffer (see csrc/ssgr_cpu.h)");
+  mod.def(
       "nm_mask",
       [](std::uintptr_t scores, bool is_double, int64_t rows, int64_t cols, int64_t n, int64_t m,
          std::uintptr_t keep) {

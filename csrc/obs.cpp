@@ -3,11 +3,18 @@
 // the per-column mask / error / update recurrence is a vector operation across the tile's rows
 // and runs in L1. Arithmetic order per element is the reference's: q, err = (w - q) / d,
 // w[j] -= err * u[i, j] (no FMA: built with -ffp-contract=off), so every row's result is the
-// same as a row-by-row loop's. The tile loop is compiled twice (AVX2 and baseline x86-64) and
-// picked at load time. Also here: the radix-select threshold of the unstructured block mask.
+// same as a row-by-row loop's. Tiles move in and out of W by 8x8 register transposes, and each
+// tile prefetches the next one's rows while it computes (the block is strided in W, so the
+// hardware prefetcher misses it). The tile loop is compiled twice (AVX2 and baseline x86-64) and
+// picked at load time. Also here: the radix-select threshold of the unstructured block mask, and
+// the flipped copy of H and the huge-page hint used by the cpu backend.
 #include <algorithm>
 #include <cstring>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "ssgr_cpu.h"
 
@@ -50,6 +57,60 @@ constexpr int kVecs = kLanes / 8;
 
 inline Vec8& vec(float* p) { return *reinterpret_cast<Vec8*>(p); }
 inline Vec8i& veci(int32_t* p) { return *reinterpret_cast<Vec8i*>(p); }
+typedef uint8_t Vec8u8 __attribute__((vector_size(8)));
+
+// In-place 8x8 transpose: x[k][j] becomes x[j][k] (unpack, shuffle, then swap 128-bit halves).
+template <typename V>
+inline void transpose8(V x[8]) {
+  V t[8], s[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = __builtin_shuffle(x[k], x[k + 1], Vec8i{0, 8, 1, 9, 4, 12, 5, 13});
+    t[k + 1] = __builtin_shuffle(x[k], x[k + 1], Vec8i{2, 10, 3, 11, 6, 14, 7, 15});
+  }
+  for (int k = 0; k < 8; k += 4) {
+    s[k] = __builtin_shuffle(t[k], t[k + 2], Vec8i{0, 1, 8, 9, 4, 5, 12, 13});
+    s[k + 1] = __builtin_shuffle(t[k], t[k + 2], Vec8i{2, 3, 10, 11, 6, 7, 14, 15});
+    s[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], Vec8i{0, 1, 8, 9, 4, 5, 12, 13});
+    s[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], Vec8i{2, 3, 10, 11, 6, 7, 14, 15});
+  }
+  for (int k = 0; k < 4; ++k) {
+    x[k] = __builtin_shuffle(s[k], s[k + 4], Vec8i{0, 1, 2, 3, 8, 9, 10, 11});
+    x[k + 4] = __builtin_shuffle(s[k], s[k + 4], Vec8i{4, 5, 6, 7, 12, 13, 14, 15});
+  }
+}
+
+// The rows of the next tile, prefetched a few cache lines per column of the current tile so
+// their memory latency hides behind its arithmetic: at columns [0, 32) the input rows (w, then
+// q_out where it is a different array), at [32, 64) the output rows (keep, dflip).
+struct NextTile {
+  int64_t nrows = 0, count = 0;  // nrows = 0: no next tile
+  const float* w = nullptr;
+  int64_t ldw = 0;
+  const float* q = nullptr;  // nullptr where q_out is w
+  int64_t ldq = 0;
+  const uint8_t* keep = nullptr;
+  int64_t ldk = 0;
+  const float* dflip = nullptr;
+
+  template <int Write>
+  static void lines(const void* p, int64_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, Write, 3);
+  }
+  void prefetch(int64_t i) const {
+    if (i >= 64) return;
+    const int64_t l = (i % 32) / 2;
+    if (l >= nrows) return;
+    if (i < 32) {
+      if (i % 2 == 0) lines<0>(w + l * ldw, count * 4);
+      else if (q != nullptr) lines<0>(q + l * ldq, count * 4);
+    } else if (i % 2 == 0) {
+      lines<1>(keep + l * ldk, count);
+    } else if (dflip != nullptr) {
+      lines<1>(dflip + l * count, count * 4);
+    }
+  }
+};
 
 // smallest_n's rank rule for all lanes at once with the group size known at compile time (2:4,
 // 4:8): branch-free, vectorised across lanes. wt / kt point at the group's first column; kt gets
@@ -79,17 +140,29 @@ SSGR_CLONES
 void obs_tile(const float* w, int64_t ldw, int64_t nrows, const float* u, int64_t ldu,
               const float* diag, const uint8_t* prune, int64_t count, int64_t n_prune, int64_t m,
               uint8_t* keep, int64_t ldk, float* losses, float* q_out, int64_t ldq, float* dflip,
-              float* wt, int32_t* kt, float* score, uint8_t* gp, std::vector<int64_t>& order) {
+              float* wt, int32_t* kt, float* score, uint8_t* gp, std::vector<int64_t>& order,
+              const NextTile& next) {
   const bool nm = n_prune > 0;
-  if (nrows < kLanes) std::fill(wt, wt + count * kLanes, 0.0f);
+  const bool full = nrows == kLanes;
+  const int64_t count8 = full ? count / 8 * 8 : 0;  // columns moved by 8x8 transposes
+  if (!full) std::fill(wt, wt + count * kLanes, 0.0f);
+  for (int g = 0; g < kVecs; ++g) {
+    for (int64_t i = 0; i < count8; i += 8) {
+      Vec8 x[8];
+      for (int k = 0; k < 8; ++k) x[k] = vec(const_cast<float*>(w) + (8 * g + k) * ldw + i);
+      transpose8(x);
+      for (int k = 0; k < 8; ++k) vec(wt + (i + k) * kLanes + 8 * g) = x[k];
+    }
+  }
   for (int64_t l = 0; l < nrows; ++l)
-    for (int64_t i = 0; i < count; ++i) wt[i * kLanes + l] = w[l * ldw + i];
+    for (int64_t i = count8; i < count; ++i) wt[i * kLanes + l] = w[l * ldw + i];
   if (!nm) {
     for (int64_t i = 0; i < count; ++i)
       for (int l = 0; l < kLanes; ++l) kt[i * kLanes + l] = l < nrows ? !prune[l * count + i] : 1;
   }
   Vec8 loss[kVecs] = {};
   for (int64_t i = 0; i < count; ++i) {
+    next.prefetch(i);
     float* wi = wt + i * kLanes;
     int32_t* ki = kt + i * kLanes;
     if (nm && i % m == 0) {
@@ -129,13 +202,33 @@ void obs_tile(const float* w, int64_t ldw, int64_t nrows, const float* u, int64_
   }
   alignas(32) float lsum[kLanes];
   for (int v = 0; v < kVecs; ++v) vec(lsum + 8 * v) = loss[v];
+  for (int g = 0; g < kVecs; ++g) {
+    for (int64_t i = 0; i < count8; i += 8) {
+      Vec8 q[8];
+      Vec8i k8[8];
+      for (int j = 0; j < 8; ++j) {
+        q[j] = vec(wt + (i + j) * kLanes + 8 * g);
+        k8[j] = veci(kt + (i + j) * kLanes + 8 * g);
+      }
+      transpose8(q);
+      transpose8(k8);
+      for (int l = 0; l < 8; ++l) {
+        float* qr = q_out + (8 * g + l) * ldq + i;
+        if (dflip != nullptr) {
+          const Vec8 diff = vec(qr) - q[l];
+          vec(dflip + (8 * g + l) * count + count - 8 - i) =
+              __builtin_shuffle(diff, Vec8i{7, 6, 5, 4, 3, 2, 1, 0});
+        }
+        vec(qr) = q[l];
+        const Vec8u8 kb = __builtin_convertvector(k8[l], Vec8u8);
+        std::memcpy(keep + (8 * g + l) * ldk + i, &kb, 8);
+      }
+    }
+  }
   for (int64_t l = 0; l < nrows; ++l) {
     float* qr = q_out + l * ldq;
-    if (dflip != nullptr) {
-      float* dr = dflip + l * count;
-      for (int64_t i = 0; i < count; ++i) dr[count - 1 - i] = qr[i] - wt[i * kLanes + l];
-    }
-    for (int64_t i = 0; i < count; ++i) {
+    for (int64_t i = count8; i < count; ++i) {
+      if (dflip != nullptr) dflip[l * count + count - 1 - i] = qr[i] - wt[i * kLanes + l];
       qr[i] = wt[i * kLanes + l];
       keep[l * ldk + i] = static_cast<uint8_t>(kt[i * kLanes + l]);
     }
@@ -163,10 +256,17 @@ void obs_block_f32(const float* w, int64_t ldw, const float* u, int64_t ldu,
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t r = t * kLanes;
+      // the tile after this one (this thread's next one under the static schedule)
+      const int64_t rn = r + kLanes;
+      const NextTile next =
+          rn < rows ? NextTile{std::min<int64_t>(kLanes, rows - rn), count, w + rn * ldw, ldw,
+                               q_out == w ? nullptr : q_out + rn * ldq, ldq, keep + rn * ldk,
+                               ldk, dflip ? dflip + rn * count : nullptr}
+                    : NextTile{};
       obs_tile(w + r * ldw, ldw, std::min<int64_t>(kLanes, rows - r), u, ldu, diag.data(),
                prune ? prune + r * count : nullptr, count, n_prune, m, keep + r * ldk, ldk,
                losses + r, q_out + r * ldq, ldq, dflip ? dflip + r * count : nullptr, wt.data(),
-               kt.data(), score.data(), gp.data(), order);
+               kt.data(), score.data(), gp.data(), order, next);
     }
   }
 }
@@ -230,6 +330,29 @@ void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t l
   const uint32_t thresh = (hi << 16) | static_cast<uint32_t>(find_bucket(hist, k));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) prune[i] = bits[i] <= thresh;
+}
+
+void flip2d_f32(const float* src, int64_t n, float* dst) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* s = src + (n - 1 - i) * n + (n - 1);
+    float* d = dst + i * n;
+    for (int64_t j = 0; j < n; ++j) d[j] = s[-j];
+  }
+}
+
+void advise_hugepages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t hi = (a + static_cast<std::uintptr_t>(bytes)) & ~(kHuge - 1);
+  // a hint: where the kernel refuses it (THP off, old kernel) the buffer stays on 4 KiB pages
+  if (bytes > 0 && hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
 }
 
 }  // namespace ssgr
