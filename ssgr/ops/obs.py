@@ -176,6 +176,7 @@ def _sparsegpt_cpu(
     accf = _cpu.empty((rows, cols)) if cols > blocksize else None
     prune_blk = torch.empty(rows, blocksize, dtype=torch.uint8) if n_prune == 0 else None
     dflip = torch.empty(rows, blocksize, dtype=torch.float32)  # (W_b - Q_b) J of one block
+    w1buf = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
@@ -185,7 +186,11 @@ def _sparsegpt_cpu(
         Ubb = Linv.flip(0, 1).contiguous()  # U_bb = T_bb^-1 = J L_bb^-1 J
         Wb = Wc[:, i1:i2]
         # acc_b U_bb = (accf_b J)(J Linv J) = accf_b (Linv J)
-        W1 = Wb if i1 == 0 else torch.addmm(Wb, accf[:, f1:f2], Linv.flip(1))
+        if i1 == 0:
+            W1 = Wb
+        else:  # into the reused buffer where the block is full (only the last can be partial)
+            W1 = torch.addmm(Wb, accf[:, f1:f2], Linv.flip(1),
+                             out=w1buf if count == blocksize else None)
         prune_ptr = 0
         if n_prune == 0:
             pb = prune_blk if count == blocksize else torch.empty(rows, count, dtype=torch.uint8)
