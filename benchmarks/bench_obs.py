@@ -8,15 +8,22 @@ shapes 4096x4096 and 2048x5632 (groups "sparsegpt 4096x4096 50% cpu", ...) and, 
 ``shapes.py``, all SmolLM2-135M shapes and Qwen2.5-1.5B attention on CPU, Qwen2.5-7B and
 R1-Distill-Qwen-14B on a GPU. The problem is ``H = X^T X / n`` for ``X[2 * cols, cols]`` and a
 random W, one seed per shape.
+
+The speed-goal shapes are also measured paired (``test_sparsegpt_paired``, op
+"sparsegpt-paired"): each timed round of an ssgr backend runs right after one round of the peer,
+so load that comes and goes on a shared machine over minutes hits both sides of a pair alike; the
+result is the median of the per-round ratios (peer seconds / ssgr seconds).
 """
 
 from __future__ import annotations
 
 import functools
+import statistics
+import time
 
 import pytest
 import torch
-from shapes import DEVICE, OBS_LAYERS, Layer, backends, rounds, warmup
+from shapes import DEVICE, OBS_LAYERS, PAIRED_LAYERS, Layer, backends, rounds, warmup
 
 from ssgr.ops import sparsegpt_prune
 
@@ -108,3 +115,44 @@ def test_sparsegpt(benchmark, sync, layer: Layer, pattern: str, impl: str) -> No
     benchmark.extra_info["numel"] = out.numel()
     # fp32 rounding flips only near-ties: llm-compressor itself differs this much from fp64
     assert mism <= 1e-4 * out.numel(), f"{mism} mask mismatches vs llm-compressor"
+
+
+@pytest.mark.parametrize("impl", [b for b in IMPLS if b not in (PEER, "reference")])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("layer", PAIRED_LAYERS, ids=lambda lay: lay.id)
+def test_sparsegpt_paired(benchmark, sync, layer: Layer, pattern: str, impl: str) -> None:
+    """``impl`` timed by pytest-benchmark; before each of its rounds (warm-up included) one peer
+    round, timed with the same clock. Stores the peer's times and the per-round ratios."""
+    pytest.importorskip("llmcompressor")
+    W, H = _problem(layer.rows, layer.cols)
+    kw = PATTERNS[pattern]
+    benchmark.group = f"sparsegpt-paired {layer.label} {pattern} {DEVICE}"
+    peer_s: list[float] = []
+    peer_out: list[torch.Tensor] = []
+
+    def peer_round() -> None:
+        t0 = time.perf_counter()
+        out = _peer(W, H, kw)
+        sync()
+        peer_s.append(time.perf_counter() - t0)
+        peer_out[:] = [out]
+
+    def run() -> torch.Tensor:
+        out = sparsegpt_prune(W, H, backend=impl, **kw).weight
+        sync()
+        return out
+
+    n, warm = rounds(5), warmup()
+    out = benchmark.pedantic(run, setup=peer_round, rounds=n, iterations=1, warmup_rounds=warm)
+    mism = int(((out != 0) != (peer_out[0] != 0)).sum())
+    benchmark.extra_info.update(op="sparsegpt-paired", impl=impl, peer=False, model=layer.model,
+                                shape=list(layer.shape), pattern=pattern, mask_mismatch=mism,
+                                numel=out.numel())
+    assert mism <= 1e-4 * out.numel(), f"{mism} mask mismatches vs llm-compressor"
+    if benchmark.stats is None:
+        return  # --benchmark-disable: run once, nothing timed
+    own = list(benchmark.stats.stats.data)
+    peer_timed = peer_s[warm:]  # the peer rounds that preceded the timed rounds
+    ratios = [p / t for p, t in zip(peer_timed, own, strict=True)]
+    benchmark.extra_info.update(peer_seconds=peer_timed, ratios=ratios,
+                                ratio_median=statistics.median(ratios))

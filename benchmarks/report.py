@@ -6,18 +6,21 @@ Groups are read from the benchmarks' ``extra_info`` (``op``, ``impl``, ``model``
 section per op, groups ordered by model (in the order the benchmarks ran, smallest model first)
 and, within a group, the slowest implementation first. Ratios: "x vs llm-compressor" (the peer),
 "x vs reference" (ssgr's pure-torch backend) and "x vs torch" (a plain torch baseline,
-``torch-*``), each only where the group has that implementation.
+``torch-*``), each only where the group has that implementation. The "sparsegpt-paired"
+section gives the median of per-round ratios from alternating peer / ssgr rounds.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import textwrap
 from collections import defaultdict
 
 PEER = "llm-compressor"
 REFERENCE = "reference"
+PAIRED = "sparsegpt-paired"  # bench_obs.py's alternating-rounds measurement of the speed goal
 
 
 def _impl(b: dict) -> str:
@@ -96,6 +99,10 @@ def table(path: str) -> str:
             lines += _e2e_rows(g, rows, op != current)
             current = op
             continue
+        if op == PAIRED:
+            lines += _paired_rows(g, rows, op != current)
+            current = op
+            continue
         if op != current:
             current = op
             lines += ["", f"### {op}", "", head, "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -133,6 +140,41 @@ def _e2e_rows(group: str, rows: list[dict], header: bool) -> list[str]:
             f"| {x.get('layer_sparsity', float('nan')):.3f} |"
         )
     return out
+
+
+def _paired_rows(group: str, rows: list[dict], header: bool) -> list[str]:
+    """Paired rows: each ssgr backend's median, the peer's median over the rounds that ran just
+    before its own, and the median (min - max) of the per-round ratios."""
+    out = []
+    if header:
+        out += ["", f"### {PAIRED}", "",
+                "Each timed round of ssgr right after one round of llm-compressor; "
+                "x = median of the per-round ratios.", "",
+                "| group | impl | median | llm-compressor median | x vs llm-compressor "
+                "| per-round x (min - max) | mask mismatches |",
+                "|---|---|---:|---:|---:|---:|---:|"]
+    for k, r in enumerate(rows):
+        x = r["extra_info"]
+        ratios = x.get("ratios") or []
+        spread = f"{min(ratios):.2f} - {max(ratios):.2f}" if ratios else "-"
+        peer = statistics.median(x["peer_seconds"]) if x.get("peer_seconds") else None
+        out.append(
+            f"| {group if k == 0 else ''} | {_impl(r)} | {_seconds(r['stats']['median'])} "
+            f"| {_seconds(peer) if peer else '-'} "
+            f"| {x['ratio_median']:.2f} | {spread} | {x.get('mask_mismatch')} / {x.get('numel')} |"
+            if ratios else f"| {group if k == 0 else ''} | {_impl(r)} | "
+            f"{_seconds(r['stats']['median'])} | - | - | - | - |"
+        )
+    return out
+
+
+def _medians(rows: list[dict]) -> dict[str, float]:
+    """``{impl: median seconds}`` of a group; a paired group also gets the peer's median."""
+    med = {_impl(r): r["stats"]["median"] for r in rows}
+    for r in rows:
+        if r["extra_info"].get("peer_seconds"):
+            med[PEER] = statistics.median(r["extra_info"]["peer_seconds"])
+    return med
 
 
 def _short_labels(names: list[str]) -> list[str]:
@@ -179,7 +221,7 @@ def plot(path: str, png: str) -> None:
         data = json.load(f)
     by_op: dict[str, list[tuple[str, dict[str, float]]]] = defaultdict(list)
     for op, g, rows in _ordered_groups(data):
-        by_op[op].append((g, {_impl(r): r["stats"]["median"] for r in rows}))
+        by_op[op].append((g, _medians(rows)))
     if not by_op:
         return
     impls = sorted({i for groups in by_op.values() for _, med in groups for i in med},

@@ -163,6 +163,8 @@ SMOKE_LAYERS: list[Layer] = [Layer("", (), 256, 256)] + TINY.layers()
 SMOKE_HESSIAN_TOKENS = 64
 
 _GPU = DEVICE == "cuda"
+# the speed goal measured again with the peer's and ssgr's rounds alternating (bench_obs.py)
+PAIRED_LAYERS: list[Layer] = SMOKE_LAYERS[:1] if SMOKE else OBS_GOAL_LAYERS
 if SMOKE:
     OBS_LAYERS, MASK_LAYERS, WANDA_LAYER = SMOKE_LAYERS, TINY.layers(), layer_of(TINY, "gate")
     HESSIAN_WIDTHS, HESSIAN_TOKENS = list(TINY.hessian_widths), SMOKE_HESSIAN_TOKENS

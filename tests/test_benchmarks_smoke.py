@@ -26,7 +26,13 @@ def test_op_benchmarks_run_and_report(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     data = json.loads(out.read_text())
     ops = {b["extra_info"]["op"] for b in data["benchmarks"]}
-    assert {"hessian", "sparsegpt", "nm_mask", "topk_mask", "wanda_scores"} <= ops
+    assert {"hessian", "sparsegpt", "sparsegpt-paired", "nm_mask", "topk_mask",
+            "wanda_scores"} <= ops
+    paired = [b for b in data["benchmarks"] if b["extra_info"]["op"] == "sparsegpt-paired"]
+    for b in paired:  # one peer round per timed round, each ratio from its own pair
+        x = b["extra_info"]
+        assert len(x["peer_seconds"]) == len(x["ratios"]) == len(b["stats"]["data"])
+        assert x["ratios"][0] == x["peer_seconds"][0] / b["stats"]["data"][0]
     assert data["machine_info"]["ssgr"]["smoke"] is True
 
     sys.path.insert(0, str(BENCH))
@@ -36,6 +42,7 @@ def test_op_benchmarks_run_and_report(tmp_path):
         sys.path.remove(str(BENCH))
     md = table(str(out))
     assert "Smoke run" in md and "### sparsegpt" in md and "x vs llm-compressor" in md
+    assert "### sparsegpt-paired" in md and "per-round x" in md
     png = tmp_path / "smoke.png"
     plot(str(out), str(png))
     assert png.stat().st_size > 1000
