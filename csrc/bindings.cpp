@@ -45,10 +45,6 @@ PYBIND11_MODULE(_C, mod) {
       },
       "dst = src reversed along both dims, n x n fp32 (see csrc/ssgr_cpu.h)");
   mod.def(
-      "advise_hugepages",
-      [](std::uintptr_t p, int64_t bytes) { ssgr::advise_hugepages(ptr<void>(p), bytes); },
-      "Transparent-huge-page hint for a large fresh buffer (see csrc/ssgr_cpu.h)");
-  mod.def(
       "nm_mask",
       [](std::uintptr_t scores, bool is_double, int64_t rows, int64_t cols, int64_t n, int64_t m,
          std::uintptr_t keep) {

@@ -7,14 +7,10 @@
 // tile prefetches the next one's rows while it computes (the block is strided in W, so the
 // hardware prefetcher misses it). The tile loop is compiled twice (AVX2 and baseline x86-64) and
 // picked at load time. Also here: the radix-select threshold of the unstructured block mask, and
-// the flipped copy of H and the huge-page hint used by the cpu backend.
+// the flipped copy of H used by the cpu backend.
 #include <algorithm>
 #include <cstring>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "ssgr_cpu.h"
 
@@ -339,20 +335,6 @@ void flip2d_f32(const float* src, int64_t n, float* dst) {
     float* d = dst + i * n;
     for (int64_t j = 0; j < n; ++j) d[j] = s[-j];
   }
-}
-
-void advise_hugepages(void* p, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr std::uintptr_t kHuge = std::uintptr_t{2} << 20;
-  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t lo = (a + kHuge - 1) & ~(kHuge - 1);
-  const std::uintptr_t hi = (a + static_cast<std::uintptr_t>(bytes)) & ~(kHuge - 1);
-  // a hint: where the kernel refuses it (THP off, old kernel) the buffer stays on 4 KiB pages
-  if (bytes > 0 && hi > lo) (void)madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
 }
 
 }  // namespace ssgr

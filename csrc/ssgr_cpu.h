@@ -39,11 +39,6 @@ void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t l
 // the cpu SparseGPT's flipped copy of H, parallel over rows.
 void flip2d_f32(const float* src, int64_t n, float* dst);
 
-// A hint that [p, p + bytes) be backed by transparent huge pages (madvise MADV_HUGEPAGE on its
-// 2 MiB-aligned part), so that the first touch of a large fresh buffer faults 2 MiB at a time
-// instead of 4 KiB. Contents are unaffected. A no-op off Linux and for spans under 2 MiB.
-void advise_hugepages(void* p, int64_t bytes);
-
 // N:M keep mask: in every group of m consecutive columns of every row keep the n largest
 // scores (ties keep the lower column). scores [rows, cols] (cols % m == 0), keep out uint8.
 template <typename T>

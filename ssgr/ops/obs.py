@@ -57,17 +57,11 @@ class SparseGPTResult(NamedTuple):
     damping: float
 
 
-def _prepare(
-    W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype,
-    empty: Callable[[tuple[int, ...]], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``W`` copied to ``dtype`` (row-major, into ``empty(W.shape)`` when given) with dead
-    columns (``H_ii == 0``) zeroed, and ``H`` in ``dtype`` with ``H_ii := 1`` there (a copy only
-    when it has to change; the caller's H is never modified)."""
-    if empty is None:
-        Wc = W.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)  # row-major
-    else:
-        Wc = empty(tuple(W.shape)).copy_(W)
+def _prepare(W: torch.Tensor, H: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W`` copied to ``dtype`` with dead columns (``H_ii == 0``) zeroed, and ``H`` in ``dtype``
+    with ``H_ii := 1`` there (a copy only when it has to change; the caller's H is never
+    modified)."""
+    Wc = W.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)  # row-major
     dead = torch.diag(H) == 0
     Hc = H.to(dtype)
     if bool(dead.any()):
@@ -151,7 +145,7 @@ def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     ``T = J L J = U^-1``. Factored in place in one flipped copy of H (:func:`_lapack.potrf_`);
     L's strict upper triangle is unspecified."""
     c = H.shape[0]
-    Hf = _cpu.empty((c, c))  # the one copy; damping the diagonal commutes with the flip
+    Hf = torch.empty(c, c, dtype=torch.float32)  # the one copy; damping commutes with the flip
     _cpu.lib().flip2d_f32(H.data_ptr(), c, Hf.data_ptr())
     Hf.diagonal().add_(damp)
     return _lapack.potrf_(Hf)
@@ -166,14 +160,14 @@ def _sparsegpt_cpu(
     ``T[i1:i2, i2:] = J L[f1:f2, :f1] J``, and the accumulator is kept column-reversed
     (``accf[:, c - 1 - j] = sum_{a} (W_a - Q_a) T_aj``), so every product reads L in place."""
     lib = _cpu.lib()
-    Wc, Hc = _prepare(W, H, torch.float32, _cpu.empty)
+    Wc, Hc = _prepare(W, H, torch.float32)
     L, damping = _damped(Hc.contiguous(), percdamp, _flipped_cholesky)
     del Hc
     rows, cols = Wc.shape
-    keep = _cpu.empty((rows, cols), torch.bool)
+    keep = torch.empty(rows, cols, dtype=torch.bool)
     losses = torch.zeros(rows, dtype=torch.float32)
     # the first block's product overwrites accf (beta=0), so no memset
-    accf = _cpu.empty((rows, cols)) if cols > blocksize else None
+    accf = torch.empty_like(Wc) if cols > blocksize else None
     prune_blk = torch.empty(rows, blocksize, dtype=torch.uint8) if n_prune == 0 else None
     dflip = torch.empty(rows, blocksize, dtype=torch.float32)  # (W_b - Q_b) J of one block
     w1buf = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None

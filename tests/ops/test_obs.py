@@ -280,38 +280,3 @@ def test_cpu_flip2d(seed, n):
     _cpu.lib().flip2d_f32(H.data_ptr(), n, out.data_ptr())
     assert torch.equal(out, H.flip(0, 1))
 
-
-def _vm_flags(addr: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds ``addr`` (Linux smaps)."""
-    flags: list[str] = []
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split()[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= addr < hi
-            elif inside and head == "VmFlags:":
-                flags = line.split()[1:]
-    return flags
-
-
-@pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
-def test_cpu_empty_asks_for_huge_pages():
-    """``_cpu.empty`` gives large buffers the MADV_HUGEPAGE hint ("hg" in the mapping's
-    VmFlags) and small ones none; shapes and dtypes are torch.empty's."""
-    import os
-
-    from ssgr.ops import _cpu
-
-    small = _cpu.empty((3, 5), torch.bool)
-    assert small.shape == (3, 5) and small.dtype == torch.bool
-    big = _cpu.empty((2048, 2048))  # 16 MiB
-    assert big.shape == (2048, 2048) and big.dtype == torch.float32
-    big.fill_(1.5)
-    assert float(big.sum()) == 1.5 * big.numel()
-    if not os.path.exists("/proc/self/smaps"):
-        pytest.skip("no /proc/self/smaps (not Linux)")
-    # the hinted span starts at the first 2 MiB boundary inside the buffer
-    inner = (big.data_ptr() + (2 << 20) - 1) & ~((2 << 20) - 1)
-    assert "hg" in _vm_flags(inner)
