@@ -20,10 +20,13 @@ from __future__ import annotations
 import functools
 import statistics
 import time
+from collections.abc import Callable
 
 import pytest
 import torch
-from shapes import DEVICE, OBS_LAYERS, PAIRED_LAYERS, Layer, backends, rounds, warmup
+from shapes import (
+    DEVICE, OBS_LAYERS, PAIRED_LAYERS, Layer, backends, budget_rounds, rounds, warmup,
+)
 
 from ssgr.ops import sparsegpt_prune
 
@@ -70,14 +73,18 @@ def _peer_result(layer: Layer, pattern: str, W: torch.Tensor, H: torch.Tensor) -
     return _PEER_OUT[key]
 
 
-def _rounds(impl: str, layer: Layer) -> tuple[int, int]:
-    """``(timed, warm-up)`` rounds: the same for the peer and ssgr's fast backends (5 timed
-    after one untimed, so a first call's import, allocation and page-fault costs and a short
-    burst of load on this shared VM do not set the median); one timed round for the slow
-    reference at the speed-goal shapes."""
+def _rounds(impl: str, layer: Layer, run: Callable[[], object]) -> int:
+    """Timed rounds, the same rule for the peer and every ssgr backend: one untimed warm-up call
+    (a first call's import and allocation costs stay out of the median), timed here, then rounds
+    spanning about 15 s (5 to 30, :func:`shapes.budget_rounds`). The slow reference at the
+    speed-goal shapes gets one round and no warm-up."""
     if impl == "reference" and layer.numel >= SLOW_REFERENCE_NUMEL:
-        return 1, 0
-    return rounds(5), warmup()
+        return 1
+    if warmup() == 0:  # smoke
+        return rounds(5)
+    t0 = time.perf_counter()
+    run()
+    return budget_rounds(time.perf_counter() - t0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -100,8 +107,7 @@ def test_sparsegpt(benchmark, sync, layer: Layer, pattern: str, impl: str) -> No
         sync()
         return out
 
-    n, warm = _rounds(impl, layer)
-    out = benchmark.pedantic(run, rounds=n, iterations=1, warmup_rounds=warm)
+    out = benchmark.pedantic(run, rounds=_rounds(impl, layer, run), iterations=1, warmup_rounds=0)
     if impl == PEER:
         _PEER_OUT.clear()
         _PEER_OUT[(layer.rows, layer.cols, pattern)] = out

@@ -14,6 +14,7 @@ benchmark still runs (CI).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -185,6 +186,20 @@ def rounds(default: int, *, big: bool = False, big_default: int = 3) -> int:
     if big and not _GPU:
         default = min(default, big_default)
     return int(os.environ.get("SSGR_BENCH_ROUNDS", str(default)))
+
+
+def budget_rounds(seconds_per_call: float, *, min_rounds: int = 5, budget_s: float = 15.0,
+                  max_rounds: int = 30) -> int:
+    """Timed rounds that span about ``budget_s`` (pytest-benchmark's max-time idea), at least
+    ``min_rounds`` and at most ``max_rounds``: a fast implementation's median then comes from the
+    same stretch of wall time as a slow peer's, so a burst of load on a shared machine is no more
+    likely to move one than the other. 1 in smoke mode; ``SSGR_BENCH_ROUNDS`` overrides."""
+    if SMOKE:
+        return 1
+    if "SSGR_BENCH_ROUNDS" in os.environ:
+        return int(os.environ["SSGR_BENCH_ROUNDS"])
+    want = math.ceil(budget_s / max(seconds_per_call, 1e-9))
+    return max(min_rounds, min(max_rounds, want))
 
 
 def warmup(default: int = 1) -> int:
