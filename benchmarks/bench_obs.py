@@ -25,7 +25,14 @@ from collections.abc import Callable
 import pytest
 import torch
 from shapes import (
-    DEVICE, OBS_LAYERS, PAIRED_LAYERS, Layer, backends, budget_rounds, rounds, warmup,
+    DEVICE,
+    OBS_LAYERS,
+    PAIRED_LAYERS,
+    Layer,
+    backends,
+    budget_rounds,
+    rounds,
+    warmup,
 )
 
 from ssgr.ops import sparsegpt_prune

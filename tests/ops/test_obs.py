@@ -279,4 +279,3 @@ def test_cpu_flip2d(seed, n):
     out = torch.full((n, n), float("nan"))
     _cpu.lib().flip2d_f32(H.data_ptr(), n, out.data_ptr())
     assert torch.equal(out, H.flip(0, 1))
-
