@@ -28,6 +28,7 @@ from shapes import (
     DEVICE,
     OBS_LAYERS,
     PAIRED_LAYERS,
+    SMOKE,
     Layer,
     backends,
     budget_rounds,
@@ -87,7 +88,7 @@ def _rounds(impl: str, layer: Layer, run: Callable[[], object]) -> int:
     speed-goal shapes gets one round and no warm-up."""
     if impl == "reference" and layer.numel >= SLOW_REFERENCE_NUMEL:
         return 1
-    if warmup() == 0:  # smoke
+    if SMOKE:
         return rounds(5)
     t0 = time.perf_counter()
     run()

@@ -155,15 +155,15 @@ def _paired_rows(group: str, rows: list[dict], header: bool) -> list[str]:
                 "|---|---|---:|---:|---:|---:|---:|"]
     for k, r in enumerate(rows):
         x = r["extra_info"]
-        ratios = x.get("ratios") or []
-        spread = f"{min(ratios):.2f} - {max(ratios):.2f}" if ratios else "-"
-        peer = statistics.median(x["peer_seconds"]) if x.get("peer_seconds") else None
+        head = f"| {group if k == 0 else ''} | {_impl(r)} | {_seconds(r['stats']['median'])} "
+        ratios = x.get("ratios")
+        if not ratios:  # not timed (--benchmark-disable)
+            out.append(head + "| - | - | - | - |")
+            continue
         out.append(
-            f"| {group if k == 0 else ''} | {_impl(r)} | {_seconds(r['stats']['median'])} "
-            f"| {_seconds(peer) if peer else '-'} "
-            f"| {x['ratio_median']:.2f} | {spread} | {x.get('mask_mismatch')} / {x.get('numel')} |"
-            if ratios else f"| {group if k == 0 else ''} | {_impl(r)} | "
-            f"{_seconds(r['stats']['median'])} | - | - | - | - |"
+            head + f"| {_seconds(statistics.median(x['peer_seconds']))} "
+            f"| {x['ratio_median']:.2f} | {min(ratios):.2f} - {max(ratios):.2f} "
+            f"| {x.get('mask_mismatch')} / {x.get('numel')} |"
         )
     return out
 

@@ -131,9 +131,10 @@ def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor
 
 
 def _unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """uint8 ``[r, b]`` prune mask of one block for the fast backends: every ``w^2 / U_ii^2`` <=
+    """uint8 ``[r, b]`` prune mask of one block for the triton backend: every ``w^2 / U_ii^2`` <=
     the ``int(numel * sparsity)``-th smallest (0-based; ties prune more), as the reference's
-    sort, found with ``kthvalue``."""
+    sort, found with ``kthvalue`` (the cpu backend applies the same rule by a radix select,
+    ``block_prune_mask_f32`` in csrc/obs.cpp)."""
     tmp = W1**2 / (torch.diag(Ubb).reshape((1, -1))) ** 2
     k = int(tmp.numel() * sparsity)
     thresh = torch.kthvalue(tmp.flatten(), k + 1).values
@@ -169,7 +170,9 @@ def _sparsegpt_cpu(
     # the first block's product overwrites accf (beta=0), so no memset
     accf = torch.empty_like(Wc) if cols > blocksize else None
     prune_blk = torch.empty(rows, blocksize, dtype=torch.uint8) if n_prune == 0 else None
-    dflip = torch.empty(rows, blocksize, dtype=torch.float32)  # (W_b - Q_b) J of one block
+    # (W_b - Q_b) J of one block for the trailing update, and the block's updated weights W1:
+    # neither is needed when the first block is the last
+    dflip = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None
     w1buf = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
