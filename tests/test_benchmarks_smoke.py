@@ -46,3 +46,22 @@ def test_op_benchmarks_run_and_report(tmp_path):
     png = tmp_path / "smoke.png"
     plot(str(out), str(png))
     assert png.stat().st_size > 1000
+
+
+def test_budget_rounds(monkeypatch):
+    """Rounds that span about 15 s, clamped to 5..30; SSGR_BENCH_ROUNDS overrides; 1 in smoke."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import shapes
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(shapes, "SMOKE", False)
+    monkeypatch.delenv("SSGR_BENCH_ROUNDS", raising=False)
+    assert shapes.budget_rounds(1.0) == 15
+    assert shapes.budget_rounds(0.9) == 17
+    assert shapes.budget_rounds(6.0) == 5  # a slow call still gets the minimum
+    assert shapes.budget_rounds(0.001) == 30
+    monkeypatch.setenv("SSGR_BENCH_ROUNDS", "2")
+    assert shapes.budget_rounds(1.0) == 2
+    monkeypatch.setattr(shapes, "SMOKE", True)
+    assert shapes.budget_rounds(1.0) == 1
