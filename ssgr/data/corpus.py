@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from ssgr.data.errors import DataError, missing_extra
-from ssgr.data.jsonl import iter_jsonl
+from ssgr.io import iter_jsonl
 
 CORPORA = ("wikitext", "news")
 
@@ -54,7 +54,7 @@ def load_corpus(name: str | os.PathLike[str]) -> list[str]:
     path = corpus_path(str(name))
     docs: list[str] = []
     if path.suffix == ".jsonl":
-        for lineno, obj in iter_jsonl(path, what="corpus"):
+        for lineno, obj in iter_jsonl(path, what="corpus", error=DataError):
             text = obj.get("text")
             if not isinstance(text, str):
                 raise DataError(f"{path}:{lineno}: corpus line needs a string field 'text'")

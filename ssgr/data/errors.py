@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from ssgr.errors import InputError, SSGRError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """Bad input data or options (malformed file, missing field, impossible filter, ...).
 
     The message names the file and line where there is one, and what to do about it.
     """
 
 
-class BackendError(RuntimeError):
+class BackendError(SSGRError, RuntimeError):
     """A generation backend failed (server unreachable after retries, missing package, ...)."""
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ssgr.data.errors import DataError, missing_extra
-from ssgr.data.jsonl import iter_jsonl
+from ssgr.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def read_problems_file(path: str | os.PathLike[str]) -> list[Problem]:
     """Read and validate a problems jsonl file (unique ids, required fields)."""
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for lineno, obj in iter_jsonl(path, what="problems"):
+    for lineno, obj in iter_jsonl(path, what="problems", error=DataError):
         p = problem_from_dict(obj, f"{path}:{lineno}")
         if p.id in seen:
             raise DataError(
@@ -228,7 +228,7 @@ def asdiv_path() -> Path:
 def _asdiv(n: int | None) -> list[Problem]:
     path = asdiv_path()
     out: list[Problem] = []
-    for lineno, obj in iter_jsonl(path, what="ASDiv"):
+    for lineno, obj in iter_jsonl(path, what="ASDiv", error=DataError):
         passage = str(obj.get("passage", "")).strip()
         question = str(obj.get("question", "")).strip()
         raw = str(obj.get("answer", "")).strip()

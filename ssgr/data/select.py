@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ssgr.data.errors import DataError
-from ssgr.data.jsonl import write_json_atomic, write_jsonl_atomic
+from ssgr.io import write_json_atomic, write_jsonl_atomic
 from ssgr.data.traces import Trace, read_traces
 from ssgr.data.verify import THINK_CLOSE, THINK_OPEN
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ssgr.data.errors import DataError
-from ssgr.data.jsonl import iter_jsonl
+from ssgr.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def read_traces(path: str | os.PathLike[str]) -> list[Trace]:
     """Read and validate a traces file; duplicate (problem_id, sample) pairs are an error."""
     traces: list[Trace] = []
     seen: dict[tuple[str, int], int] = {}
-    for lineno, obj in iter_jsonl(path, what="traces"):
+    for lineno, obj in iter_jsonl(path, what="traces", error=DataError):
         t = trace_from_dict(obj, f"{path}:{lineno}")
         key = (t.problem_id, t.sample)
         if key in seen:
@@ -151,7 +151,7 @@ class TraceWriter:
         repair_partial_tail(self.path)
         self.done: set[tuple[str, int]] = set()
         if self.path.exists() and self.path.stat().st_size > 0:
-            for lineno, obj in iter_jsonl(self.path, what="traces"):
+            for lineno, obj in iter_jsonl(self.path, what="traces", error=DataError):
                 t = trace_from_dict(obj, f"{self.path}:{lineno}")
                 key = (t.problem_id, t.sample)
                 if key in self.done:

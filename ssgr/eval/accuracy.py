@@ -115,7 +115,7 @@ def evaluate(
     temporary file when neither is given), so re-running resumes. ``out`` receives the result JSON.
     """
     from ssgr.data.generate import generate
-    from ssgr.data.jsonl import write_json_atomic
+    from ssgr.io import write_json_atomic
     from ssgr.data.traces import read_traces
     from ssgr.models import resolve_model
 

@@ -161,7 +161,7 @@ def perplexity(
 ) -> dict[str, Any]:
     """Perplexity of ``model`` on a ``corpus`` (name or file) and/or a ``traces`` file."""
     from ssgr.data.corpus import load_corpus
-    from ssgr.data.jsonl import write_json_atomic
+    from ssgr.io import write_json_atomic
     from ssgr.data.traces import read_traces
 
     if corpus is None and traces is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ssgr.errors import SSGRError
+
 BACKENDS: tuple[str, ...] = ("reference", "cpu", "triton", "cuda")
 DISPATCH_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
@@ -32,7 +34,7 @@ OPS: tuple[str, ...] = ("hessian", "sparsegpt", "nm_mask", "topk_mask", "wanda_s
 NOT_IMPLEMENTED = "not implemented for this op"
 
 
-class BackendError(RuntimeError):
+class BackendError(SSGRError, RuntimeError):
     """A backend was forced that cannot run this op on this device."""
 
 

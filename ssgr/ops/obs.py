@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import torch
 
+from ssgr.errors import SSGRError
+
 from . import _checks, _cpu, _lapack, reference
 from ._registry import register, resolve
 
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_DAMPING_TRIES = 4
 
 
-class CholeskyError(RuntimeError):
+class CholeskyError(SSGRError, RuntimeError):
     """The damped Hessian stayed non positive-definite after every damping retry."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ssgr.errors import InputError
 
-class PruneError(ValueError):
+
+class PruneError(InputError):
     """Bad input or a state the engine cannot continue from; the message names the fix."""
 
 
