@@ -50,7 +50,9 @@ def parse_pattern(text: str | float) -> Pattern:
     try:
         s = float(t)
     except ValueError:
-        raise ValueError(f"bad sparsity {text!r}; use a fraction like 0.5 or a pattern like 2:4") from None
+        raise ValueError(
+            f"bad sparsity {text!r}; use a fraction like 0.5 or a pattern like 2:4"
+        ) from None
     if not 0.0 <= s < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {text!r}")
     return Pattern(sparsity=s)
