@@ -28,6 +28,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import loader
-from .calib import MAX_TOKENS, load_calibration, model_tokenizer
+from .calib import MAX_TOKENS, CalibSequence, load_calibration, model_tokenizer
 from .capture import capture, slice_kwargs
 from .config import PruneConfig, resolve_device, validate
 from .errors import MissingFileError, PruneError
@@ -54,21 +55,23 @@ PROBE_TOKENS = 32
 LayerDone = Callable[[int], None]
 
 
+@dataclass
 class _Setup:
-    """Everything read before the first layer: source, output plan, skeleton, targets and the
-    calibration sequences (see :func:`_setup`)."""
+    """Everything read before the first layer (see :func:`_setup`): the source directory, what
+    was found at ``--out``, the resume fingerprint and, unless the run is already complete, the
+    meta skeleton, its decoder layers, the shard lookup, each layer's targets and the
+    calibration sequences."""
 
-    def __init__(self, src: Path, plan: OutPlan, fp: str) -> None:
-        self.src = src
-        self.plan = plan
-        self.fp = fp
-        self.dtype: torch.dtype = torch.float32
-        self.model: nn.Module | None = None
-        self.layer_prefix = ""
-        self.layers: nn.ModuleList | None = None
-        self.ckpt: loader.SafetensorsCheckpoint | None = None
-        self.targets: list[list[str]] = []
-        self.seqs: list = []
+    src: Path
+    plan: OutPlan
+    fp: str
+    dtype: torch.dtype = torch.float32
+    model: nn.Module | None = None
+    layer_prefix: str = ""
+    layers: nn.ModuleList | None = None
+    ckpt: loader.SafetensorsCheckpoint | None = None
+    targets: list[list[str]] = field(default_factory=list)
+    seqs: list[CalibSequence] = field(default_factory=list)
 
 
 def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
@@ -80,30 +83,30 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     if not Path(cfg.calib).is_file():
         raise MissingFileError(f"--calib {cfg.calib} does not exist")
     fp = fingerprint(cfg, src, device)
-    s = _Setup(src, prepare_out(cfg, src, fp), fp)
-    if s.plan.complete:
-        return s
+    plan = prepare_out(cfg, src, fp)
+    if plan.complete:
+        return _Setup(src, plan, fp)
     config = loader.load_config(src)
-    s.dtype = loader.resolve_dtype(cfg.dtype, config)
-    s.model = loader.build_skeleton(src, s.dtype, config)
-    s.layer_prefix, s.layers = find_decoder_layers(s.model)
-    s.ckpt = loader.SafetensorsCheckpoint(src)
-    s.targets = [select_targets(layer, f"{s.layer_prefix}.{i}", cfg.targets, cfg.ignore)
-                 for i, layer in enumerate(s.layers)]
-    if not any(s.targets):
-        lin = [n for n, m in s.layers[0].named_modules() if isinstance(m, nn.Linear)]
+    dtype = loader.resolve_dtype(cfg.dtype, config)
+    model = loader.build_skeleton(src, dtype, config)
+    layer_prefix, layers = find_decoder_layers(model)
+    ckpt = loader.SafetensorsCheckpoint(src)
+    targets = [select_targets(layer, f"{layer_prefix}.{i}", cfg.targets, cfg.ignore)
+               for i, layer in enumerate(layers)]
+    if not any(targets):
+        lin = [n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
         raise PruneError(
             f"no module matches --targets {cfg.targets or ['<every Linear>']} (minus --ignore "
             f"{cfg.ignore or []}); the Linear modules of a layer are: {', '.join(lin)}"
         )
-    conf = s.model.config
+    conf = model.config
     ctx = getattr(conf, "max_position_embeddings", None) or MAX_TOKENS
-    s.seqs = load_calibration(
+    seqs = load_calibration(
         cfg.calib, vocab_size=int(conf.vocab_size), max_tokens=min(int(ctx), MAX_TOKENS),
         tokenize=model_tokenizer(src), max_sequences=cfg.max_sequences,
     )
-    longest = max(q.tokens for q in s.seqs)
-    for name, mod in s.model.named_modules():
+    longest = max(q.tokens for q in seqs)
+    for name, mod in model.named_modules():
         win = getattr(mod, "sliding_window", None)
         if isinstance(win, int) and win > 0 and longest > win:
             raise PruneError(
@@ -111,7 +114,7 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
                 f"{longest}; SDPA's causal flag cannot express the window: keep sequences "
                 f"<= {win} tokens"
             )
-    return s
+    return _Setup(src, plan, fp, dtype, model, layer_prefix, layers, ckpt, targets, seqs)
 
 
 def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[ActivationStore, dict]:
