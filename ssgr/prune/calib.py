@@ -8,7 +8,6 @@ kept as provenance. Sequences are never padded together: each is run alone with 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CalibError
+from ssgr.io import iter_jsonl
+
+from .errors import CalibError, MissingFileError, PruneError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,36 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+#: Files whose presence in a model directory means it has a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def model_tokenizer(folder: Path) -> Callable[[str], list[int]] | None:
+    """``text -> input_ids`` with the model directory's own tokenizer (special tokens added as
+    the tokenizer does by default), loaded on the first call; None when the directory has no
+    tokenizer files.
+
+    Raises (on the first call):
+        PruneError when transformers cannot load the tokenizer.
+    """
+    if not any((folder / n).is_file() for n in TOKENIZER_FILES):
+        return None
+    loaded: list = []
+
+    def tokenize(text: str) -> list[int]:
+        if not loaded:
+            from transformers import AutoTokenizer
+
+            try:
+                loaded.append(AutoTokenizer.from_pretrained(folder))
+            except (OSError, ValueError) as exc:
+                raise PruneError(f"{folder}: cannot load the tokenizer for \"text\" "
+                                 f"calibration lines ({exc}); give \"input_ids\"") from None
+        return loaded[0](text)["input_ids"]
+
+    return tokenize
+
+
 def load_calibration(
     path: str | Path,
     *,
@@ -64,69 +95,66 @@ def load_calibration(
     Returns:
         the sequences in file order.
     Raises:
-        CalibError naming ``path:line`` for an empty, corrupt, too long or out-of-vocabulary line.
+        CalibError naming ``path:line`` for an empty, corrupt, too long or out-of-vocabulary line
+        (the JSON itself is read by :func:`ssgr.io.iter_jsonl`); MissingFileError when ``path``
+        does not exist.
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"calibration file {p} does not exist; pass --calib CALIB.jsonl")
+        raise MissingFileError(
+            f"calibration file {p} does not exist; pass --calib CALIB.jsonl")
     out: list[CalibSequence] = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if max_sequences is not None and len(out) >= max_sequences:
-                break
-            where = f"{p}:{lineno}"
-            if not raw.strip():
+    last = 0
+    for lineno, obj in iter_jsonl(p, "calibration", error=CalibError):
+        if max_sequences is not None and len(out) >= max_sequences:
+            break
+        if lineno != last + 1:  # iter_jsonl skips blank lines; a calibration set has none
+            raise CalibError(
+                f"{p}:{last + 1}: empty line; every line must be a JSON object with "
+                "\"input_ids\" or \"text\" (remove blank lines)"
+            )
+        last = lineno
+        where = f"{p}:{lineno}"
+        if "input_ids" in obj:
+            ids = obj["input_ids"]
+            if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in ids
+            ):
+                raise CalibError(f"{where}: \"input_ids\" must be a list of ints")
+            prov = {k: v for k, v in obj.items() if k != "input_ids"}
+        elif "text" in obj:
+            if not isinstance(obj["text"], str):
+                raise CalibError(f"{where}: \"text\" must be a string")
+            if tokenize is None:
                 raise CalibError(
-                    f"{where}: empty line; every line must be a JSON object with \"input_ids\" or "
-                    "\"text\" (remove blank lines)"
+                    f"{where}: a \"text\" line needs the model's tokenizer, but the model "
+                    "directory has none; give \"input_ids\" instead or add the tokenizer files"
                 )
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise CalibError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                 "fix or remove this line") from None
-            if not isinstance(obj, dict):
-                raise CalibError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            if "input_ids" in obj:
-                ids = obj["input_ids"]
-                if not isinstance(ids, list) or not all(
-                    isinstance(t, int) and not isinstance(t, bool) for t in ids
-                ):
-                    raise CalibError(f"{where}: \"input_ids\" must be a list of ints")
-                prov = {k: v for k, v in obj.items() if k != "input_ids"}
-            elif "text" in obj:
-                if not isinstance(obj["text"], str):
-                    raise CalibError(f"{where}: \"text\" must be a string")
-                if tokenize is None:
-                    raise CalibError(
-                        f"{where}: a \"text\" line needs the model's tokenizer, but the model "
-                        "directory has none; give \"input_ids\" instead or add the tokenizer files"
-                    )
-                try:
-                    ids = list(tokenize(obj["text"]))
-                except (ValueError, OSError) as exc:
-                    raise CalibError(f"{where}: {exc}") from None
-                prov = {k: v for k, v in obj.items() if k != "text"}
-            else:
-                raise CalibError(
-                    f"{where}: no \"input_ids\" or \"text\" field "
-                    f"(fields: {', '.join(obj) or 'none'})"
-                )
-            if not ids:
-                raise CalibError(f"{where}: the sequence is empty (0 tokens); remove this line")
-            if len(ids) > max_tokens:
-                raise CalibError(
-                    f"{where}: sequence of {len(ids)} tokens is longer than the limit of "
-                    f"{max_tokens} (the model's context, at most {MAX_TOKENS}); truncate it or "
-                    "drop the line"
-                )
-            lo, hi = min(ids), max(ids)
-            if lo < 0 or hi >= vocab_size:
-                raise CalibError(
-                    f"{where}: token id {hi if hi >= vocab_size else lo} is outside the model's "
-                    f"vocabulary [0, {vocab_size}); was the set tokenized for another model?"
-                )
-            out.append(CalibSequence(torch.tensor([ids], dtype=torch.long), lineno, prov))
+                ids = list(tokenize(obj["text"]))
+            except (ValueError, OSError) as exc:
+                raise CalibError(f"{where}: {exc}") from None
+            prov = {k: v for k, v in obj.items() if k != "text"}
+        else:
+            raise CalibError(
+                f"{where}: no \"input_ids\" or \"text\" field "
+                f"(fields: {', '.join(obj) or 'none'})"
+            )
+        if not ids:
+            raise CalibError(f"{where}: the sequence is empty (0 tokens); remove this line")
+        if len(ids) > max_tokens:
+            raise CalibError(
+                f"{where}: sequence of {len(ids)} tokens is longer than the limit of "
+                f"{max_tokens} (the model's context, at most {MAX_TOKENS}); truncate it or "
+                "drop the line"
+            )
+        lo, hi = min(ids), max(ids)
+        if lo < 0 or hi >= vocab_size:
+            raise CalibError(
+                f"{where}: token id {hi if hi >= vocab_size else lo} is outside the model's "
+                f"vocabulary [0, {vocab_size}); was the set tokenized for another model?"
+            )
+        out.append(CalibSequence(torch.tensor([ids], dtype=torch.long), lineno, prov))
     if not out:
         raise CalibError(f"{p}: no calibration sequences (the file is empty)")
     log.info("calibration: %d sequences, %d tokens from %s", len(out),

@@ -110,16 +110,15 @@ def layer_output(out) -> torch.Tensor:
 
 
 @dataclass
-class Stage:
-    """One Hessian group inside a sub-module: its modules share one input."""
-
-    names: list[str]
-    in_features: int
-
-
-@dataclass
 class LayerPlan:
-    """Hessian groups of a layer in call order, and (for ``module`` order) its decomposition."""
+    """Hessian groups of a layer in call order, and (for ``module`` order) its decomposition.
+
+    groups: module names (relative to the layer) sharing one input, in call order;
+    in_features: that input's width per group (the accumulator's size); attn / mlp / norm1 /
+    norm2: child names of the decomposition (None when not staged); cache_last: per sub-module,
+    whether its last group's input may stand in for re-running it (a single module whose output
+    is the sub-module's output).
+    """
 
     groups: list[list[str]]
     in_features: list[int]
@@ -194,7 +193,7 @@ def plan_layer(
     if not want_staged:
         plan.staged_error = "not requested"
         return plan
-    children = [c for c in child_order]
+    children = list(child_order)
     owners = [_owner(g[0], children) for g in groups]
     subs = [c for c in children
             if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())]

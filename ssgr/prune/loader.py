@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import PruneError
+from ssgr.io import write_json_atomic
+
+from .errors import MissingFileError, PruneError
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +51,11 @@ def resolve_model_dir(model: str) -> Path:
             return Path(snapshot_download(model, allow_patterns=[
                 "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear error
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"MODEL {model!r} is not a local directory and could not be downloaded from the "
                 f"hub ({type(exc).__name__}: {exc}); pass a local model directory"
             ) from None
-    raise FileNotFoundError(f"MODEL directory {model} does not exist")
+    raise MissingFileError(f"MODEL directory {model} does not exist")
 
 
 class SafetensorsCheckpoint:
@@ -71,7 +73,7 @@ class SafetensorsCheckpoint:
         else:
             files = sorted(folder.glob("*.safetensors"))
             if not files:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{folder} holds no *.safetensors weights; save the model with "
                     "save_pretrained(safe_serialization=True) (or convert .bin/.gguf first)"
                 )
@@ -81,7 +83,7 @@ class SafetensorsCheckpoint:
                         self.key_file[k] = f
         for f in set(self.key_file.values()):
             if not f.is_file():
-                raise FileNotFoundError(f"{folder}/{INDEX} names {f.name}, which does not exist")
+                raise MissingFileError(f"{folder}/{INDEX} names {f.name}, which does not exist")
 
     def keys(self) -> list[str]:
         return list(self.key_file)
@@ -113,14 +115,31 @@ def resolve_dtype(name: str, config) -> torch.dtype:
     return _DTYPES[name]
 
 
-def build_skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
-    """``AutoModelForCausalLM`` from the folder's config on the meta device, SDPA attention."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_config(folder: Path):
+    """The folder's ``config.json`` as a transformers ``PretrainedConfig``.
+
+    Raises:
+        PruneError when it is missing or unreadable.
+    """
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(folder)
+        return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
         raise PruneError(f"cannot read {folder}/config.json: {exc}") from None
+
+
+def build_skeleton(folder: Path, dtype: torch.dtype, config=None) -> nn.Module:
+    """``AutoModelForCausalLM`` from the folder's config (or ``config``, read once by the
+    caller with :func:`load_config`) on the meta device, SDPA attention, parameters in ``dtype``.
+
+    Raises:
+        PruneError when the config is unreadable or not a supported causal LM.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if config is None:
+        config = load_config(folder)
     with torch.device("meta"):
         try:
             model = AutoModelForCausalLM.from_config(
@@ -245,7 +264,8 @@ class OutputWriter:
                     for s in sl.get_shape():
                         numel *= s
                     total += numel * _itemsize(sl.get_dtype())
-        _write_json(self.out / INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
+        write_json_atomic(self.out / INDEX,
+                          {"metadata": {"total_size": total}, "weight_map": weight_map})
         for f in sorted(self.src.iterdir()):
             if (f.is_file() and f.name not in ("config.json", INDEX, "prune_report.json")
                     and not f.name.endswith(_SKIP_COPY_SUFFIXES) and not f.name.startswith(".")):
@@ -255,15 +275,9 @@ class OutputWriter:
         for key in ("dtype", "torch_dtype"):
             if key in cfg:
                 cfg[key] = name
-        _write_json(self.out / "config.json", cfg)
+        write_json_atomic(self.out / "config.json", cfg)
 
 
 def _itemsize(dt: str) -> int:
     return {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
             "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(dt, 1)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

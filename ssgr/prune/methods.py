@@ -9,6 +9,7 @@ import torch
 from ssgr.ops import HessianAccumulator, nm_mask, sparsegpt_prune, topk_mask, wanda_scores
 from ssgr.ops._registry import resolve
 
+from .errors import PruneError
 from .pattern import Pattern
 
 METHODS = ("sparsegpt", "wanda", "magnitude")
@@ -44,6 +45,9 @@ def prune_weight(
         scope: where an unstructured ratio is applied for Wanda / magnitude: ``row`` or ``layer``
             (SparseGPT's unstructured masks are chosen per block of ``blocksize`` columns).
         H: the token-averaged Hessian ``[c, c]`` if already computed (shared by a group).
+    Raises:
+        PruneError for an unknown method; the ops' ``ValueError`` for a shape the pattern does
+        not fit (the engine names the module).
     """
     if method == "sparsegpt":
         Hm = H if H is not None else acc.hessian()
@@ -56,7 +60,7 @@ def prune_weight(
     elif method == "magnitude":
         scores = W.abs().float()
     else:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise PruneError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if pattern.is_nm:
         keep = nm_mask(scores, pattern.n, pattern.m, backend=backend)
         used, _ = resolve("nm_mask", W.device, backend)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ssgr.ops import HessianAccumulator
 
+from .errors import PruneError
 from .methods import METHODS, prune_weight
 from .pattern import Pattern
 from .report import ModuleRecord, format_modules
@@ -35,7 +36,7 @@ def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Linear]]:
     """
     lists = [(n, mod) for n, mod in model.named_modules() if isinstance(mod, nn.ModuleList)]
     if not lists:
-        raise ValueError(
+        raise PruneError(
             f"{type(model).__name__} has no nn.ModuleList of decoder layers; pass a causal LM "
             "whose layers live in a ModuleList (e.g. model.model.layers)"
         )
@@ -46,7 +47,7 @@ def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Linear]]:
             if isinstance(mod, nn.Linear):
                 out[f"{prefix}.{i}.{n}"] = (i, mod)
     if not out:
-        raise ValueError(f"no nn.Linear found inside {prefix} of {type(model).__name__}")
+        raise PruneError(f"no nn.Linear found inside {prefix} of {type(model).__name__}")
     return out
 
 
@@ -68,9 +69,11 @@ def prune_oneshot(
         batches: calibration ``input_ids[b, t]`` tensors (run unpadded, one at a time).
         pattern: unstructured fraction or N:M.
         method: ``sparsegpt``, ``wanda`` or ``magnitude``.
+    Raises:
+        PruneError (a ``ValueError``) for an unknown method or a model without decoder Linears.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise PruneError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     found = find_decoder_linears(model)
     targets = {n: mod for n, (_, mod) in found.items()}
     device = next(model.parameters()).device

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ssgr.errors import InputError
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -31,11 +33,15 @@ class Pattern:
 
 
 def parse_pattern(text: str | float) -> Pattern:
-    """Parse ``"0.5"`` / ``0.5`` / ``"2:4"`` / ``"4:8"`` into a :class:`Pattern`."""
+    """Parse ``"0.5"`` / ``0.5`` / ``"2:4"`` / ``"4:8"`` into a :class:`Pattern`.
+
+    Raises:
+        InputError (a ``ValueError``) for a fraction outside ``[0, 1)`` or a malformed N:M.
+    """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         s = float(text)
         if not 0.0 <= s < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {s}")
+            raise InputError(f"sparsity must be in [0, 1), got {s}")
         return Pattern(sparsity=s)
     t = str(text).strip()
     if ":" in t:
@@ -43,14 +49,16 @@ def parse_pattern(text: str | float) -> Pattern:
         try:
             n, m = int(a), int(b)
         except ValueError:
-            raise ValueError(f"bad N:M pattern {text!r}; write it like 2:4 or 4:8") from None
+            raise InputError(f"bad N:M pattern {text!r}; write it like 2:4 or 4:8") from None
         if not 0 < n < m:
-            raise ValueError(f"bad N:M pattern {text!r}: need 0 < N < M (keep N of every M)")
+            raise InputError(f"bad N:M pattern {text!r}: need 0 < N < M (keep N of every M)")
         return Pattern(n=n, m=m)
     try:
         s = float(t)
     except ValueError:
-        raise ValueError(f"bad sparsity {text!r}; use a fraction like 0.5 or a pattern like 2:4") from None
+        raise InputError(
+            f"bad sparsity {text!r}; use a fraction like 0.5 or a pattern like 2:4"
+        ) from None
     if not 0.0 <= s < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {text!r}")
+        raise InputError(f"sparsity must be in [0, 1), got {text!r}")
     return Pattern(sparsity=s)

@@ -1,11 +1,77 @@
-"""The pruning report: one record per module, and the printed table."""
+"""The pruning report: the stage timer, one record per module, the report and its table.
+
+Timing (``totals.breakdown_s`` of ``prune_report.json``): the engine's work is a sequence of
+stages, each timed once by :meth:`Timer.stage` (wall-clock ``time.perf_counter``; on CUDA the
+device is synchronised once at the end of each outermost stage, never per hooked call):
+
+* ``capture``: running the calibration sequences up to the first decoder layer;
+* ``forward``: every pass of the sequences through a layer or a sub-module, *minus* the time of
+  the Hessian hooks inside it;
+* ``hessian``: the hooks that feed module inputs to the accumulators (their host time: on CUDA the
+  kernels they enqueue may finish inside the enclosing ``forward``), and reading each group's
+  statistics before it is pruned (synchronised);
+* ``obs``: pruning the modules (SparseGPT / Wanda / magnitude), module records included;
+* ``io``: reading weights and writing shards, the index and ``config.json``;
+* ``checkpoint``: saving activations for ``--resume``.
+
+A nested stage's time is taken out of the stage around it, so the stages never overlap and the
+breakdown sums to at most ``totals.wall_s``; the rest of the wall time is setup (reading the
+config and calibration file, building the skeleton, probing each layer's structure) and
+bookkeeping between stages.
+"""
 
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
 
 from .store import fmt_bytes, proc_kib_field
+
+#: The keys of ``totals.breakdown_s``, in report order.
+BREAKDOWN = ("capture", "forward", "hessian", "obs", "io", "checkpoint")
+
+
+class Timer:
+    """Seconds per :data:`BREAKDOWN` key, from non-overlapping stages (see the module docstring).
+
+    Args:
+        device: the compute device; a CUDA device is synchronised at the end of each outermost
+            stage so its queued work is counted in that stage.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = dict.fromkeys(BREAKDOWN, 0.0)
+        self._nested: list[float] = []  # per open stage: seconds of the stages inside it
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (CUDA only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, key: str) -> Iterator[None]:
+        """Time the block as ``key``; time spent in stages opened inside it counts only there."""
+        outermost = not self._nested
+        self._nested.append(0.0)
+        t0 = time.perf_counter()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if ok and outermost:
+                self.sync()
+            elapsed = time.perf_counter() - t0
+            inner = self._nested.pop()
+            self.seconds[key] += elapsed - inner
+            if self._nested:
+                self._nested[-1] += elapsed
 
 
 def peak_rss_bytes() -> int:
@@ -35,6 +101,54 @@ class ModuleRecord:
     tokens: int
     seconds: float
     backend: str
+
+
+def overall_sparsity(records: list[ModuleRecord]) -> float:
+    """Zero fraction over all pruned modules, weighted by their sizes (0.0 for none)."""
+    tot = sum(r.shape[0] * r.shape[1] for r in records)
+    return sum(r.sparsity * r.shape[0] * r.shape[1] for r in records) / tot if tot else 0.0
+
+
+def build_report(
+    *, cfg, src, out, pattern, device: torch.device, dtype: torch.dtype, seqs: list,
+    layers: int, start: int, records: list[ModuleRecord], wall_s: float, timer: Timer,
+    store_info: dict, store_peak_bytes: int,
+) -> dict:
+    """The ``prune_report.json`` document of a finished run.
+
+    Args:
+        cfg: the run's :class:`~ssgr.prune.config.PruneConfig`; src / out: model and output
+            directories; pattern: the sparsity pattern; seqs: the calibration sequences;
+            layers: decoder layer count; start: the layer the run resumed from (0: none);
+            wall_s: seconds since the run started; store_info: the activation store's kind,
+            reason and size estimate; store_peak_bytes: its peak.
+    """
+    peak_gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return {
+        "status": "complete",
+        "model": str(src),
+        "calib": str(cfg.calib),
+        "out": str(out),
+        "config": dict(asdict(cfg).items()),
+        "method": cfg.method,
+        "pattern": str(pattern),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "sequences": len(seqs),
+        "tokens": sum(s.tokens for s in seqs),
+        "tokens_note": "Hessians are averaged over tokens, not sequences",
+        "layers": layers,
+        "resumed_from_layer": start,
+        "modules": [asdict(r) for r in records],
+        "totals": {
+            "wall_s": wall_s,
+            "breakdown_s": dict(timer.seconds),
+            "peak_cpu_rss_bytes": peak_rss_bytes(),
+            "peak_gpu_bytes": int(peak_gpu),
+            "activation_store": {**store_info, "peak_bytes": store_peak_bytes},
+            "sparsity": overall_sparsity(records),
+        },
+    }
 
 
 def format_modules(recs: list[dict]) -> list[str]:

@@ -42,7 +42,9 @@ def test_unsupported_module_type(tmp_path, llama_dir, calib_file):
 
 @pytest.mark.parametrize("lines,line,match", [
     (['{"input_ids": [1, 2]}', "", '{"input_ids": [3]}'], 2, "empty line"),
-    (['{"input_ids": [1, 2]}', '{"input_ids": [1, 2', ], 2, "not valid JSON"),
+    (['{"input_ids": [1, 2]}', '{"input_ids": [1, 2', ], 2, "malformed JSON"),
+    (['{"input_ids": [1, 2]}', '[1, 2]'], 2, "must be a JSON object"),
+    (['{"input_ids": [1, NaN]}'], 1, "not a finite number"),
     (['{"input_ids": []}'], 1, "empty"),
     (['{"input_ids": [1, "a"]}'], 1, "list of ints"),
     (['{"ids": [1]}'], 1, "no \"input_ids\" or \"text\""),
@@ -64,6 +66,10 @@ def test_empty_calibration_file(tmp_path, llama_dir):
         prune_model(_cfg(llama_dir, calib, tmp_path / "out"))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         prune_model(_cfg(llama_dir, tmp_path / "nope.jsonl", tmp_path / "out"))
+    with pytest.raises(PruneError, match="--calib .*nope.jsonl does not exist"):
+        prune_model(_cfg(llama_dir, tmp_path / "nope.jsonl", tmp_path / "out"))
+    with pytest.raises(PruneError, match="MODEL directory .*nomodel does not exist"):
+        prune_model(_cfg(tmp_path / "nomodel", calib, tmp_path / "out"))
 
 
 def test_sequence_longer_than_context(tmp_path, calib_file):

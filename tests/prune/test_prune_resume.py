@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,14 @@ from _prune_helpers import random_calib, run_cli, state, tiny_model
 from ssgr.prune.engine import PruneConfig, prune_model
 from ssgr.prune.errors import PruneError
 
+_SLOW_RUN = """
+import sys, time
+from ssgr.prune.engine import PruneConfig, prune_model
+model, calib, out = sys.argv[1:4]
+prune_model(PruneConfig(model=model, calib=calib, out=out, sparsity="2:4", device="cpu"),
+            on_layer_done=lambda li: time.sleep(60))
+"""
+
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     src = tiny_model("qwen2", tmp_path / "m", num_hidden_layers=3)
@@ -27,9 +34,10 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     assert "model.layers.2.mlp.down_proj" in r.stdout  # the table
 
     out = tmp_path / "out"
-    env = {**os.environ, "SSGR_DEBUG_LAYER_SLEEP": "60"}
-    p = subprocess.Popen([sys.executable, "-m", "ssgr.prune", *map(str, common), "--out", str(out)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the same run through the Python API, slowed by its layer-done callback so it can be killed
+    # between layers (the CLI's defaults are PruneConfig's: --resume below accepts it)
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_RUN, str(src), str(calib), str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_file = out / ".ssgr_state" / "state.json"
     deadline = time.time() + 90
     try:
@@ -54,11 +62,14 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     with pytest.raises(PruneError, match="--resume"):
         prune_model(PruneConfig(**cfg))
 
-    # resume (with another activation store: it does not change the numbers)
-    r = run_cli(common + ["--out", out, "--resume", "--offload", "disk"])
-    assert r.returncode == 0, r.stderr
-    rep = json.loads((out / "prune_report.json").read_text())
-    assert rep["resumed_from_layer"] >= 1 and len(rep["modules"]) == 21
+    # resume (with another activation store: it does not change the numbers); the callback
+    # sees only the layers this run prunes
+    done: list[int] = []
+    rep = prune_model(PruneConfig(**{**cfg, "resume": True, "offload": "disk"}),
+                      on_layer_done=done.append)
+    start = rep["resumed_from_layer"]
+    assert start >= 1 and done == list(range(start, 3)) and len(rep["modules"]) == 21
+    assert rep == json.loads((out / "prune_report.json").read_text())
     assert not (out / ".ssgr_state").exists()
     a, b = state(ref), state(out)
     assert a.keys() == b.keys()

@@ -1,0 +1,300 @@
+"""The two layer orders (``--sequential layer`` / ``module``) over one per-layer interface.
+
+:class:`LayerContext` is everything an order needs to prune one decoder layer: run every
+sequence through the layer (or a part of it) from the activation store, hook a module's input
+into a :class:`~ssgr.ops.HessianAccumulator`, prune a Hessian group, check activations for
+NaN/Inf. An order (:class:`LayerOrder`, :class:`ModuleOrder`) decides only *when* each group's
+statistics are taken and how the next layer's inputs are produced; both leave the next layer's
+inputs in store slot ``"out"``.
+
+* ``layer``: every Hessian of the layer from one dense pass, then one pass through the pruned
+  layer (llm-compressor's order).
+* ``module``: q/k/v, then o, then gate/up, then down, each Hessian taken after the earlier groups
+  are pruned; the last group's input of a sub-module (o_proj's, and down_proj's when it fits the
+  memory budget) is kept in store slot ``"cache"``, so attention runs once per layer.
+
+``--propagate dense`` feeds the next layer the dense layer's outputs instead of the pruned one's.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ssgr.ops import HessianAccumulator
+
+from .calib import CalibSequence
+from .capture import LayerKwargs
+from .config import PruneConfig
+from .errors import ActivationError, PruneError
+from .layers import LayerPlan, _Stop, group_name, layer_output
+from .methods import prune_weight
+from .pattern import Pattern
+from .report import ModuleRecord, Timer
+from .store import ActivationStore, parse_bytes
+
+
+@dataclass
+class RunParts:
+    """The run-wide pieces every layer uses (built once by the engine).
+
+    store_estimate: the activation store's size estimate in bytes (``2`` or ``3`` slots of
+    ``tokens x hidden``), used to decide whether down_proj's wider input may be cached.
+    """
+
+    cfg: PruneConfig
+    pattern: Pattern
+    device: torch.device
+    dtype: torch.dtype
+    seqs: list[CalibSequence]
+    store: ActivationStore
+    kwargs: LayerKwargs
+    timer: Timer
+    layer_prefix: str
+    hidden_size: int
+    store_estimate: int
+    records: list[ModuleRecord] = field(default_factory=list)
+
+
+class LayerContext:
+    """The per-layer interface of the orders: layer ``li`` (its weights on the device) and the
+    run's parts. Activations ``x[1, t, d]`` in the run's dtype live in store slots ``in``
+    (this layer's inputs), ``out`` (the next layer's) and ``cache``."""
+
+    def __init__(self, run: RunParts, li: int, layer: nn.Module, plan: LayerPlan) -> None:
+        self.run = run
+        self.li = li
+        self.layer = layer
+        self.plan = plan
+        self.prefix = f"{run.layer_prefix}.{li}"
+        self.mods = dict(layer.named_modules())
+
+    @property
+    def n(self) -> int:
+        """Number of calibration sequences."""
+        return len(self.run.seqs)
+
+    def check_finite(self, y: torch.Tensor, i: int, what: str) -> None:
+        """Raises ActivationError (naming the layer and the sequence's calibration line) when
+        ``y`` holds NaN/Inf."""
+        if not bool(torch.isfinite(y).all()):
+            run = self.run
+            raise ActivationError(
+                f"layer {self.li} ({self.prefix}): NaN/Inf in {what} for the sequence on "
+                f"{run.cfg.calib}:{run.seqs[i].line}; the weights overflow in {run.dtype} "
+                "(try --dtype float32 or bfloat16) or the checkpoint is corrupt"
+            )
+
+    def forward_all(self, slot: str) -> None:
+        """``slot[i] = layer(in[i])`` for every sequence (one "forward" stage)."""
+        run = self.run
+        with run.timer.stage("forward"):
+            for i in range(self.n):
+                y = layer_output(self.layer(run.store.get("in", i), **run.kwargs(i)))
+                self.check_finite(y, i, "the layer output")
+                run.store.put(slot, i, y)
+
+    def accumulator(self, gi: int) -> HessianAccumulator | None:
+        """A fresh accumulator for Hessian group ``plan.groups[gi]`` (None for magnitude)."""
+        cfg = self.run.cfg
+        if cfg.method == "magnitude":
+            return None
+        g = self.plan.groups[gi]
+        return HessianAccumulator(
+            self.plan.in_features[gi], self.run.device, hessian=cfg.method == "sparsegpt",
+            name=f"layer {self.li} module {self.prefix}.{group_name(g)}", backend=cfg.backend,
+        )
+
+    def hook(self, gi: int, acc: HessianAccumulator | None,
+             on_input: Callable[[torch.Tensor], None] | None = None, stop: bool = False):
+        """Register a forward pre-hook on group ``gi``'s first module: it feeds the module's
+        input to ``acc`` (timed as "hessian" inside the enclosing pass), hands it to
+        ``on_input``, and with ``stop`` ends the pass there. Returns the hook handle."""
+        timer = self.run.timer
+
+        def pre(_m, args):
+            x = args[0]
+            if acc is not None:
+                with timer.stage("hessian"):
+                    acc.add(x)
+            if on_input is not None:
+                on_input(x)
+            if stop:
+                raise _Stop
+
+        return self.mods[self.plan.groups[gi][0]].register_forward_pre_hook(pre)
+
+    def prune_group(self, gi: int, acc: HessianAccumulator | None) -> None:
+        """Prune every module of group ``gi`` with the group's statistics; appends one
+        :class:`ModuleRecord` per module to the run's records.
+
+        Raises:
+            ActivationError when the accumulator saw no tokens or non-finite inputs;
+            PruneError naming the module when its pruning step rejects the input.
+        """
+        run, cfg = self.run, self.run.cfg
+        group = self.plan.groups[gi]
+        H = None
+        # reading the result accumulates the accumulator's last gathered inputs: Hessian time
+        with run.timer.stage("hessian"):
+            if cfg.method == "sparsegpt":
+                try:
+                    H = acc.hessian()
+                except ValueError as exc:
+                    raise ActivationError(str(exc)) from None
+            elif cfg.method == "wanda":
+                try:
+                    acc.col_sq_norms()
+                except ValueError as exc:
+                    raise ActivationError(str(exc)) from None
+        with run.timer.stage("obs"):
+            for name in group:
+                t1 = time.perf_counter()
+                W = self.mods[name].weight.data
+                try:
+                    res = prune_weight(W, acc, cfg.method, run.pattern, blocksize=cfg.blocksize,
+                                       percdamp=cfg.percdamp, scope=cfg.scope,
+                                       backend=cfg.backend, H=H)
+                except ValueError as exc:
+                    raise PruneError(f"layer {self.li}, module {self.prefix}.{name}: {exc}") \
+                        from None
+                W.copy_(res.weight)
+                run.timer.sync()
+                run.records.append(ModuleRecord(
+                    name=f"{self.prefix}.{name}", layer=self.li, group=group_name(group),
+                    shape=[int(W.shape[0]), int(W.shape[1])],
+                    sparsity=1.0 - float(res.mask.float().mean()), loss=res.loss,
+                    damping=res.damping, tokens=acc.tokens if acc is not None else 0,
+                    seconds=time.perf_counter() - t1, backend=res.backend,
+                ))
+
+    def may_cache(self, structural: bool, in_features: int) -> bool:
+        """Keep the last group's inputs (o_proj's, down_proj's) in the store, so the sub-module
+        is not run again after that group is pruned? Always for inputs no wider than the hidden
+        size (attention: it then runs once per layer); for wider ones (down_proj) only when the
+        store is in memory and they fit ``--max-activation-memory`` (else the MLP is recomputed)."""
+        run = self.run
+        if not structural:
+            return False
+        if in_features <= run.hidden_size:
+            return True
+        if run.store.kind == "disk":
+            return False
+        tokens = sum(s.tokens for s in run.seqs)
+        esize = torch.empty((), dtype=run.dtype).element_size()
+        extra = tokens * (in_features - run.hidden_size) * esize
+        return run.store_estimate + extra <= parse_bytes(run.cfg.max_activation_memory)
+
+
+class Order(Protocol):
+    """A layer order: prunes ``ctx.layer``'s target groups and leaves the next layer's inputs in
+    store slot ``"out"``."""
+
+    #: ``--sequential`` value.
+    name: str
+    #: Whether the order needs the norm1 -> attention -> norm2 -> mlp decomposition.
+    staged: bool
+
+    def prune_layer(self, ctx: LayerContext) -> None: ...
+
+
+class LayerOrder:
+    """``--sequential layer``: one dense pass for every Hessian, then a pass through the pruned
+    layer (or, with ``--propagate dense``, the dense pass's outputs go on)."""
+
+    name = "layer"
+    staged = False
+
+    def prune_layer(self, ctx: LayerContext) -> None:
+        run, plan = ctx.run, ctx.plan
+        dense_out = run.cfg.propagate == "dense"
+        accs = [ctx.accumulator(gi) for gi in range(len(plan.groups))]
+        handles = [ctx.hook(gi, a) for gi, a in enumerate(accs)]
+        bad: list[tuple[int, torch.Tensor]] = []
+        try:
+            with run.timer.stage("forward"):
+                for i in range(ctx.n):
+                    y = layer_output(ctx.layer(run.store.get("in", i), **run.kwargs(i)))
+                    if not bad and not bool(torch.isfinite(y).all()):
+                        bad.append((i, y))  # raised after the Hessian checks: they name the module
+                    if dense_out:
+                        run.store.put("out", i, y)
+        finally:
+            for h in handles:
+                h.remove()
+        for gi, a in enumerate(accs):
+            ctx.prune_group(gi, a)
+        for i, y in bad:
+            ctx.check_finite(y, i, "the dense layer output")
+        del accs
+        if not dense_out:
+            ctx.forward_all("out")
+
+
+class ModuleOrder:
+    """``--sequential module``: per sub-module (attention, then MLP) and per Hessian group, a pass
+    that stops at the group's first module, then the group is pruned; a last pass through the
+    pruned sub-module adds its residual (from the cached input of its last group when allowed)."""
+
+    name = "module"
+    staged = True
+
+    def prune_layer(self, ctx: LayerContext) -> None:
+        plan, layer = ctx.plan, ctx.layer
+        if ctx.run.cfg.propagate == "dense":
+            ctx.forward_all("out")
+        self._sub_stage(ctx, plan.attn, getattr(layer, plan.norm1), call_kwargs=True)
+        self._sub_stage(ctx, plan.mlp, getattr(layer, plan.norm2), call_kwargs=False)
+
+    @staticmethod
+    def _sub_stage(ctx: LayerContext, sub_name: str, norm: nn.Module, call_kwargs: bool) -> None:
+        run, plan = ctx.run, ctx.plan
+        sub = getattr(ctx.layer, sub_name)
+        is_attn = sub_name == plan.attn
+        store, timer = run.store, run.timer
+        gis = [gi for gi, g in enumerate(plan.groups) if g[0].split(".")[0] == sub_name]
+        cache = bool(gis) and ctx.may_cache(plan.cache_last.get(sub_name, False),
+                                            plan.in_features[gis[-1]])
+        for k, gi in enumerate(gis):
+            acc = ctx.accumulator(gi)
+            keep = cache and k == len(gis) - 1
+            box: dict = {}
+            h = ctx.hook(gi, acc, on_input=functools.partial(box.__setitem__, "x") if keep
+                         else None, stop=True)
+            try:
+                with timer.stage("forward"):
+                    for i in range(ctx.n):
+                        kw = run.kwargs(i) if call_kwargs else {}
+                        try:
+                            sub(norm(store.get("in", i)), **kw)
+                        except _Stop:
+                            pass
+                        if keep:
+                            store.put("cache", i, box.pop("x"))
+            finally:
+                h.remove()
+            ctx.prune_group(gi, acc)
+        last = ctx.mods[plan.groups[gis[-1]][0]] if gis and cache else None
+        with timer.stage("forward"):
+            for i in range(ctx.n):
+                x = store.get("in", i)
+                if last is not None:
+                    o = last(store.get("cache", i))
+                else:
+                    kw = run.kwargs(i) if call_kwargs else {}
+                    o = layer_output(sub(norm(x), **kw))
+                x2 = x + o
+                ctx.check_finite(x2, i, f"the output of {sub_name}")
+                if is_attn or run.cfg.propagate == "pruned":
+                    store.put("in" if is_attn else "out", i, x2)
+        store.clear("cache")
+
+
+#: ``--sequential`` value -> order.
+ORDERS: dict[str, Order] = {"layer": LayerOrder(), "module": ModuleOrder()}
