@@ -39,14 +39,14 @@ def _load() -> tuple[dict[str, ModuleType] | None, str | None]:
     try:
         mods = {
             name: importlib.import_module(f"ssgr.kernels.{name}")
-            for name in ("hessian", "obs", "masks")
+            for name in ("hessian", "sparsegpt", "masks")
         }
     except ImportError as exc:
         return None, f"triton is not importable ({exc}); pip install triton"
     if not torch.cuda.is_available():
         # @triton.jit reads TRITON_INTERPRET when the kernel module is imported: kernels imported
         # before it was set would try to compile for a GPU that is not there
-        kern = mods["obs"]._obs_block_kernel
+        kern = mods["sparsegpt"]._obs_block_kernel
         if type(kern).__name__ != "InterpretedFunction":
             return None, (
                 "ssgr.kernels was imported before TRITON_INTERPRET=1 was set; set it before "
@@ -139,7 +139,7 @@ def sparsegpt(
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """SparseGPT with the fused Triton OBS block kernel (see :func:`blocked_sparsegpt`)."""
     return blocked_sparsegpt(
-        W, H, sparsity, n_prune, m, blocksize, percdamp, _k("obs").obs_block
+        W, H, sparsity, n_prune, m, blocksize, percdamp, _k("sparsegpt").obs_block
     )
 
 
