@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ssgr.errors import InputError
 from ssgr.ops import nm_mask, support_matrix, topk_mask, wanda_scores
 from ssgr.ops import reference as ref
 
@@ -93,5 +94,5 @@ def test_wanda_scores(seed):
     ],
 )
 def test_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         call()
