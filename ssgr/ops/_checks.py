@@ -55,7 +55,7 @@ def sparsity_value(name: str, s: object) -> float:
 
 
 def nm_pattern(n: object, m: object, cols: int, what: str = "scores") -> tuple[int, int]:
-    if isinstance(n, bool) or isinstance(m, bool) or not isinstance(n, int) or not isinstance(m, int):
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n, m)):
         raise InputError(f"n and m must be ints (keep n of every m), got n={n!r}, m={m!r}")
     if not 0 < n < m:
         raise InputError(f"N:M pattern needs 0 < n < m (keep n of every m), got n={n}, m={m}")

@@ -27,7 +27,7 @@ def test_potrf_equals_torch_cholesky(seed, c):
     err_torch = (torch.linalg.cholesky(H).double() - oracle).abs().max().item()
     ulp = torch.finfo(torch.float32).eps * oracle.abs().max().item()
     assert err <= 2 * err_torch + 4 * ulp
-    if c > 1 and _native.potrf_available():  # the strict upper triangle (not part of L) is left alone
+    if c > 1 and _native.potrf_available():  # the strict upper triangle (not L's) is left alone
         assert torch.equal(L.triu(1), H.triu(1))
 
 
