@@ -16,7 +16,6 @@ import os
 
 import pytest
 import torch
-
 from bench_prune import IMPLS, dense_stats, prepare_smollm2, run_child
 
 #: The clock pytest-benchmark reads: advanced by each child's own measurement of its prune call.

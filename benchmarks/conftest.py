@@ -5,10 +5,11 @@ and one round, see ``shapes.py``; recorded as ``machine_info["ssgr"]["smoke"]``)
 from __future__ import annotations
 
 import os
-import platform
 
 import pytest
 import torch
+
+from ssgr.info import cpu_name
 
 SMOKE_ENV = "SSGR_BENCH_SMOKE"
 
@@ -18,14 +19,8 @@ def _smoke() -> bool:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -36,7 +36,7 @@ import torch
 log = logging.getLogger("ssgr.bench.gpu")
 HERE = Path(__file__).resolve().parent
 TOKENS = 32768
-OBS_SHAPES = [(5120, 5120), (13824, 5120), (5120, 13824)]
+SPARSEGPT_SHAPES = [(5120, 5120), (13824, 5120), (5120, 13824)]
 PATTERNS = {"2:4": dict(n=2, m=4), "50%": dict(sparsity=0.5)}
 
 
@@ -62,13 +62,13 @@ def peaks(quick: bool) -> dict:
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
-    t = timed(lambda: torch.mm(a, b, out=c), reps=10, warmup=3)
+    t = timed(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), reps=10, warmup=3)
     gemm = 2 * n**3 / t / 1e12
     del a, b, c
     nbytes = (256 if quick else 1024) << 20
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t = timed(lambda: dst.copy_(src), reps=20, warmup=3)
+    t = timed(lambda dst=dst, src=src: dst.copy_(src), reps=20, warmup=3)
     copy = 2 * nbytes / t / 1e9
     log.info("peaks: bf16 GEMM %.0f TFLOP/s, D2D copy %.0f GB/s", gemm, copy)
     return {"bf16_gemm_tflops": gemm, "d2d_copy_gbps": copy}
@@ -92,7 +92,7 @@ def bench_hessian(pk: dict, quick: bool) -> list[dict]:
         X = torch.randn(TOKENS, d, device="cuda").bfloat16()
         H = torch.zeros(d, d, device="cuda")
         flops = d * d * TOKENS
-        base = timed(lambda: H.addmm_(X.T.float(), X.float()), reps=3)
+        base = timed(lambda H=H, X=X: H.addmm_(X.T.float(), X.float()), reps=3)
         rows.append(dict(op="hessian", impl="torch-addmm", d=d, tokens=TOKENS, seconds=base,
                          tflops=flops / base / 1e12))
         want = torch.zeros(d, d, device="cuda")
@@ -101,7 +101,7 @@ def bench_hessian(pk: dict, quick: bool) -> list[dict]:
             H.zero_()
             hessian_accumulate(H, X, backend=impl)
             rel = ((H - want).abs().max() / want.abs().max()).item()
-            t = timed(lambda: hessian_accumulate(H, X, backend=impl), reps=5)
+            t = timed(lambda H=H, X=X, impl=impl: hessian_accumulate(H, X, backend=impl), reps=5)
             tf = flops / t / 1e12
             rows.append(dict(op="hessian", impl=impl, d=d, tokens=TOKENS, seconds=t, tflops=tf,
                              speedup_vs_addmm=base / t, fraction_of_gemm_peak=tf /
@@ -114,17 +114,13 @@ def bench_hessian(pk: dict, quick: bool) -> list[dict]:
 
 
 def _peer(W: torch.Tensor, H: torch.Tensor, kw: dict) -> torch.Tensor:
-    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
+    """llm-compressor's result for ssgr's pattern ``kw`` (blocksize 128, percdamp 0.01)."""
+    from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
 
-    lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=False, device=W.device)
-    lin.weight.requires_grad_(False).copy_(W)
-    prune_n = kw["m"] - kw["n"] if "m" in kw else 0
-    _, Q = sparsify_weight(lin, {lin: H.clone()}, kw.get("sparsity", 0.0), prune_n,
-                           kw.get("m", 0), 128, 0.01, False)
-    return Q
+    return llmcompressor_sparsify(W, H, *peer_pattern(**kw), blocksize=128)[0]
 
 
-def bench_obs(quick: bool) -> list[dict]:
+def bench_sparsegpt(quick: bool) -> list[dict]:
     from ssgr.ops import sparsegpt_prune
 
     try:
@@ -135,7 +131,7 @@ def bench_obs(quick: bool) -> list[dict]:
         peer_reason = f"llm-compressor not importable: {exc}"
         log.warning("%s", peer_reason)
     rows = []
-    for r, c in [(5120, 13824)] if quick else OBS_SHAPES:
+    for r, c in [(5120, 13824)] if quick else SPARSEGPT_SHAPES:
         g = torch.Generator(device="cuda").manual_seed(r * 7 + c)
         X = torch.randn(2 * c, c, device="cuda", generator=g)
         H = X.T @ X / X.shape[0]
@@ -146,12 +142,16 @@ def bench_obs(quick: bool) -> list[dict]:
             Qp = None
             if peer_reason is None:
                 Qp = _peer(W, H, kw)
-                base = timed(lambda: _peer(W, H, kw), reps=1 if quick else 3, warmup=0)
+                base = timed(lambda W=W, H=H, kw=kw: _peer(W, H, kw), reps=1 if quick else 3,
+                             warmup=0)
                 rows.append(dict(op="sparsegpt", impl="llm-compressor", shape=[r, c],
                                  pattern=name, seconds=base))
             for impl in available("sparsegpt"):
                 out = sparsegpt_prune(W, H, backend=impl, **kw)
-                t = timed(lambda: sparsegpt_prune(W, H, backend=impl, **kw), reps=3)
+                def run(W=W, H=H, impl=impl, kw=kw):
+                    return sparsegpt_prune(W, H, backend=impl, **kw)
+
+                t = timed(run, reps=3)
                 row = dict(op="sparsegpt", impl=impl, shape=[r, c], pattern=name, seconds=t,
                            loss=out.loss, damping=out.damping)
                 if Qp is not None:
@@ -176,26 +176,26 @@ def bench_masks(pk: dict, quick: bool) -> list[dict]:
     from ssgr.ops import reference as ref
 
     rows = []
-    for r, c in [(13824, 5120)] if quick else OBS_SHAPES:
+    for r, c in [(13824, 5120)] if quick else SPARSEGPT_SHAPES:
         s = torch.randn(r, c, device="cuda")
         want = ref.nm_mask(s, 2, 4)
-        t_ref = timed(lambda: ref.nm_mask(s, 2, 4), reps=5)
+        t_ref = timed(lambda s=s: ref.nm_mask(s, 2, 4), reps=5)
         rows.append(dict(op="nm_mask", impl="reference", shape=[r, c], seconds=t_ref))
         for impl in available("nm_mask"):
             same = bool(torch.equal(nm_mask(s, 2, 4, backend=impl), want))
-            t = timed(lambda: nm_mask(s, 2, 4, backend=impl), reps=20)
+            t = timed(lambda s=s, impl=impl: nm_mask(s, 2, 4, backend=impl), reps=20)
             gbps = s.numel() * 5 / t / 1e9
             rows.append(dict(op="nm_mask", impl=impl, shape=[r, c], seconds=t, gbps=gbps,
                              fraction_of_copy_bw=gbps / pk["d2d_copy_gbps"], equal=same))
             log.info("nm_mask 2:4 %dx%d %s: %.3f ms, %.0f GB/s (%.0f%% of copy)", r, c, impl,
                      t * 1e3, gbps, 100 * gbps / pk["d2d_copy_gbps"])
         k = c // 2
-        t_ref = timed(lambda: ref.topk_mask(s, k, "row"), reps=3)
+        t_ref = timed(lambda s=s, k=k: ref.topk_mask(s, k, "row"), reps=3)
         rows.append(dict(op="topk_mask", impl="reference", shape=[r, c], seconds=t_ref))
         want = ref.topk_mask(s, k, "row")
         for impl in available("topk_mask"):
             same = bool(torch.equal(topk_mask(s, 0.5, "row", backend=impl), want))
-            t = timed(lambda: topk_mask(s, 0.5, "row", backend=impl), reps=5)
+            t = timed(lambda s=s, impl=impl: topk_mask(s, 0.5, "row", backend=impl), reps=5)
             rows.append(dict(op="topk_mask", impl=impl, shape=[r, c], seconds=t,
                              speedup_vs_reference=t_ref / t, equal=same))
         del s
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "peaks": pk,
         "hessian": bench_hessian(pk, args.quick),
-        "sparsegpt": bench_obs(args.quick),
+        "sparsegpt": bench_sparsegpt(args.quick),
         "masks": bench_masks(pk, args.quick),
     }
     results["goals"] = goals(results)

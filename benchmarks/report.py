@@ -20,7 +20,7 @@ from collections import defaultdict
 
 PEER = "llm-compressor"
 REFERENCE = "reference"
-PAIRED = "sparsegpt-paired"  # bench_obs.py's alternating-rounds measurement of the speed goal
+PAIRED = "sparsegpt-paired"  # bench_sparsegpt.py's alternating-rounds measurement of the speed goal
 
 
 def _impl(b: dict) -> str:

@@ -10,7 +10,6 @@ and the README is left alone.
 from __future__ import annotations
 
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -26,13 +25,9 @@ def machine_name() -> str:
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
         return re.sub(r"[^a-z0-9]+", "-", f"gpu {gpu} pytest".lower()).strip("-")
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return re.sub(r"[^a-z0-9]+", "-", f"cpu {cpu} {os.cpu_count()}c".lower()).strip("-")
+    from ssgr.info import cpu_name
+
+    return re.sub(r"[^a-z0-9]+", "-", f"cpu {cpu_name()} {os.cpu_count()}c".lower()).strip("-")
 
 
 BEGIN, END = "<!-- bench:begin (written by make bench) -->", "<!-- bench:end -->"

@@ -6,7 +6,8 @@ q/k/v/gate/up have width ``hidden``, the input of down has width ``intermediate`
 has width ``heads * head_dim = hidden`` for all models here).
 
 The sets actually benchmarked depend on the device: ``CPU_*`` fit ``make bench`` on a 2-core
-machine (SmolLM2-135M and Qwen2.5-1.5B; for OBS only 1.5B's attention, plus the two shapes of the
+machine (SmolLM2-135M and Qwen2.5-1.5B; for SparseGPT only 1.5B's attention, plus the two shapes
+of the
 speed goal), ``GPU_*`` are the 1.5B/7B/14B shapes. ``SSGR_BENCH_SMOKE=1`` (or
 ``pytest --bench-smoke``) swaps in tiny shapes and one round: a seconds-long check that every
 benchmark still runs (CI).
@@ -137,12 +138,12 @@ def distinct_widths(models: tuple[Model, ...]) -> list[Width]:
 
 # The foundation issue's speed-goal shapes: Llama-7B-like q_proj and a 2048x5632 down_proj. Their
 # group names ("sparsegpt 4096x4096 50% cpu", ...) and problems must not change.
-OBS_GOAL_LAYERS: list[Layer] = [Layer("", (), 4096, 4096), Layer("", (), 2048, 5632)]
+SPARSEGPT_GOAL_LAYERS: list[Layer] = [Layer("", (), 4096, 4096), Layer("", (), 2048, 5632)]
 
-# CPU (make bench, 2 cores): all of SmolLM2-135M; Qwen2.5-1.5B attention for OBS (its MLP
+# CPU (make bench, 2 cores): all of SmolLM2-135M; Qwen2.5-1.5B attention for SparseGPT (its MLP
 # shapes cost llm-compressor 3-15 s a call), all of Qwen2.5-1.5B for the masks and Hessian widths.
 CPU_LAYERS: list[Layer] = SMOLLM2_135M.layers() + QWEN25_1_5B.layers(ATTENTION)
-CPU_OBS_LAYERS: list[Layer] = OBS_GOAL_LAYERS + CPU_LAYERS
+CPU_SPARSEGPT_LAYERS: list[Layer] = SPARSEGPT_GOAL_LAYERS + CPU_LAYERS
 CPU_MASK_LAYERS: list[Layer] = SMOLLM2_135M.layers() + QWEN25_1_5B.layers()
 CPU_WANDA_LAYER: Layer = layer_of(QWEN25_1_5B, "gate")
 CPU_HESSIAN_WIDTHS: list[Width] = distinct_widths((SMOLLM2_135M, QWEN25_1_5B))  # 576 1536 8960
@@ -153,7 +154,9 @@ CPU_BIG_FLOPS = 1e11
 
 # GPU (benchmarks on CUDA): 1.5B, 7B and 14B.
 GPU_LAYERS: list[Layer] = [lay for m in (QWEN25_1_5B, QWEN25_7B, R1_QWEN_14B) for lay in m.layers()]
-GPU_OBS_LAYERS: list[Layer] = OBS_GOAL_LAYERS + QWEN25_7B.layers() + R1_QWEN_14B.layers()
+GPU_SPARSEGPT_LAYERS: list[Layer] = (
+    SPARSEGPT_GOAL_LAYERS + QWEN25_7B.layers() + R1_QWEN_14B.layers()
+)
 GPU_MASK_LAYERS: list[Layer] = GPU_LAYERS
 GPU_WANDA_LAYER: Layer = layer_of(R1_QWEN_14B, "gate")
 GPU_HESSIAN_WIDTHS: list[Width] = distinct_widths((QWEN25_7B, R1_QWEN_14B))
@@ -164,13 +167,14 @@ SMOKE_LAYERS: list[Layer] = [Layer("", (), 256, 256)] + TINY.layers()
 SMOKE_HESSIAN_TOKENS = 64
 
 _GPU = DEVICE == "cuda"
-# the speed goal measured again with the peer's and ssgr's rounds alternating (bench_obs.py)
-PAIRED_LAYERS: list[Layer] = SMOKE_LAYERS[:1] if SMOKE else OBS_GOAL_LAYERS
+# the speed goal measured again with the peer's and ssgr's rounds alternating (bench_sparsegpt.py)
+PAIRED_LAYERS: list[Layer] = SMOKE_LAYERS[:1] if SMOKE else SPARSEGPT_GOAL_LAYERS
 if SMOKE:
-    OBS_LAYERS, MASK_LAYERS, WANDA_LAYER = SMOKE_LAYERS, TINY.layers(), layer_of(TINY, "gate")
+    SPARSEGPT_LAYERS, MASK_LAYERS = SMOKE_LAYERS, TINY.layers()
+    WANDA_LAYER = layer_of(TINY, "gate")
     HESSIAN_WIDTHS, HESSIAN_TOKENS = list(TINY.hessian_widths), SMOKE_HESSIAN_TOKENS
 else:
-    OBS_LAYERS = GPU_OBS_LAYERS if _GPU else CPU_OBS_LAYERS
+    SPARSEGPT_LAYERS = GPU_SPARSEGPT_LAYERS if _GPU else CPU_SPARSEGPT_LAYERS
     MASK_LAYERS = GPU_MASK_LAYERS if _GPU else CPU_MASK_LAYERS
     WANDA_LAYER = GPU_WANDA_LAYER if _GPU else CPU_WANDA_LAYER
     HESSIAN_WIDTHS = GPU_HESSIAN_WIDTHS if _GPU else CPU_HESSIAN_WIDTHS

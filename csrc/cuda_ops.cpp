@@ -1,14 +1,14 @@
 // pybind11 / torch bindings of the CUDA kernels as module ssgr._cuda (built by setup.py's
-// CUDAExtension only where torch has CUDA and nvcc is found). The kernels in csrc/*.cu are plain
-// CUDA taking raw pointers; this file checks the tensors, picks the dtype code and launches on
-// torch's current stream.
+// CUDAExtension only where torch has CUDA and nvcc is found; called from ssgr/ops/<op>/gpu.py).
+// The kernels in csrc/*.cu are plain CUDA taking raw pointers; this file checks the tensors,
+// picks the dtype code and launches on torch's current stream. Every argument is named.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
-#include <tuple>
 
 namespace ssgr_cuda {
 int64_t hessian_tile();
@@ -22,8 +22,6 @@ cudaError_t nm_mask(const void* s, int dtype, int64_t rows, int64_t cols, int64_
                     uint8_t* keep, cudaStream_t stream);
 cudaError_t topk_mask(const void* s, int dtype, int64_t rows, int64_t L, int64_t ld,
                       int64_t n_prune, uint8_t* keep, cudaStream_t stream);
-cudaError_t pack_24(const void* w, int dtype, int64_t rows, int64_t cols, int64_t ldw,
-                    const uint8_t* k, int64_t ldk, void* vals, uint8_t* meta, cudaStream_t stream);
 }  // namespace ssgr_cuda
 
 namespace {
@@ -49,28 +47,23 @@ torch::Tensor rows_unit_stride(const torch::Tensor& t) {
   return t.stride(1) == 1 ? t : t.contiguous();
 }
 
-// H[d, d] += X^T X (and sq[d] += column squared norms when given); splits > 1 use a workspace.
-void hessian(torch::Tensor H, torch::Tensor X, c10::optional<torch::Tensor> sq, int64_t splits) {
+// H[d, d] += X^T X (fp32); splits > 1 use a workspace. The kernel's optional column-norm output
+// is not bound (nullptr): Wanda's norms come from HessianAccumulator.
+void hessian(torch::Tensor H, torch::Tensor X, int64_t splits) {
   TORCH_CHECK(H.is_cuda() && X.is_cuda(), "hessian: tensors must be on a CUDA device");
   TORCH_CHECK(H.scalar_type() == torch::kFloat32 && H.is_contiguous() && H.dim() == 2,
               "hessian: H must be a contiguous float32 [d, d]");
   TORCH_CHECK(X.dim() == 2 && X.size(1) == H.size(0), "hessian: X must be [t, d]");
+  TORCH_CHECK(X.device() == H.device(), "hessian: H and X must be on one device");
   const c10::cuda::CUDAGuard guard(H.device());
   auto Xc = rows_unit_stride(X);
-  float* sqp = nullptr;
-  if (sq.has_value()) {
-    TORCH_CHECK(sq->scalar_type() == torch::kFloat32 && sq->is_contiguous() &&
-                    sq->numel() == H.size(0),
-                "hessian: sq must be a contiguous float32 [d]");
-    sqp = sq->data_ptr<float>();
-  }
   const int64_t d = H.size(0), tile = ssgr_cuda::hessian_tile();
   const int64_t nt = (d + tile - 1) / tile, n_tiles = nt * (nt + 1) / 2;
   const int split = static_cast<int>(std::max<int64_t>(1, splits));
   torch::Tensor ws;
   if (split > 1) ws = torch::empty({split, n_tiles, tile, tile}, H.options());
   check(ssgr_cuda::hessian_accumulate(Xc.data_ptr(), dtype_code(Xc, false), Xc.size(0), d,
-                                      Xc.stride(0), H.data_ptr<float>(), sqp,
+                                      Xc.stride(0), H.data_ptr<float>(), nullptr,
                                       split > 1 ? ws.data_ptr<float>() : nullptr, split,
                                       c10::cuda::getCurrentCUDAStream().stream()),
         "hessian");
@@ -126,32 +119,18 @@ torch::Tensor topk_mask(torch::Tensor scores, int64_t n_prune) {
   return keep.to(torch::kBool);
 }
 
-std::tuple<torch::Tensor, torch::Tensor> pack_24(torch::Tensor W, torch::Tensor keep) {
-  TORCH_CHECK(W.is_cuda() && W.dim() == 2 && W.size(1) % 8 == 0,
-              "pack_24: W must be [r, c] on CUDA with c % 8 == 0");
-  TORCH_CHECK(keep.sizes() == W.sizes(), "pack_24: keep must have W's shape");
-  const c10::cuda::CUDAGuard guard(W.device());
-  auto w = rows_unit_stride(W);
-  auto k = keep.to(torch::kUInt8).contiguous();
-  auto vals = torch::empty({w.size(0), w.size(1) / 2}, w.options());
-  auto meta = torch::empty({w.size(0), w.size(1) / 8}, w.options().dtype(torch::kUInt8));
-  check(ssgr_cuda::pack_24(w.data_ptr(), dtype_code(w, true), w.size(0), w.size(1), w.stride(0),
-                           k.data_ptr<uint8_t>(), k.stride(0), vals.data_ptr(),
-                           meta.data_ptr<uint8_t>(), c10::cuda::getCurrentCUDAStream().stream()),
-        "pack_24");
-  return {vals, meta};
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  using py::arg;
   mod.doc() = "ssgr CUDA kernels (Hessian, fused OBS block, masks)";
-  mod.def("hessian", &hessian, "H += X^T X (+ column squared norms)", py::arg("H"), py::arg("X"),
-          py::arg("sq") = py::none(), py::arg("splits") = 1);
+  mod.def("hessian", &hessian, "H += X^T X (fp32)", arg("H"), arg("X"), arg("splits") = 1);
   mod.def("hessian_tile", &ssgr_cuda::hessian_tile, "output tile edge of the Hessian kernel");
-  mod.def("obs_block", &obs_block, "one fused SparseGPT OBS block (in place)");
+  mod.def("obs_block", &obs_block, "one fused SparseGPT OBS block (in place)", arg("W1"),
+          arg("U"), arg("prune"), arg("n_prune"), arg("m"), arg("keep"), arg("err"),
+          arg("losses"), arg("rows_per_block"));
   mod.def("obs_max_m", &ssgr_cuda::obs_max_m, "largest N:M group size of the OBS kernel");
-  mod.def("nm_mask", &nm_mask, "N:M keep mask");
-  mod.def("topk_mask", &topk_mask, "per-row top-k keep mask (n_prune smallest pruned)");
-  mod.def("pack_24", &pack_24, "2:4 packing: (values [r, c/2], meta [r, c/8] uint8)");
+  mod.def("nm_mask", &nm_mask, "N:M keep mask", arg("scores"), arg("n"), arg("m"));
+  mod.def("topk_mask", &topk_mask, "per-row top-k keep mask (n_prune smallest pruned)",
+          arg("scores"), arg("n_prune"));
 }

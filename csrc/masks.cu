@@ -1,4 +1,4 @@
-// CUDA mask kernels: N:M keep mask, per-row unstructured top-k, 2:4 packing. Plain CUDA (cub is
+// CUDA mask kernels: N:M keep mask, per-row unstructured top-k. Plain CUDA (cub is
 // header-only): no torch headers; bindings in cuda_ops.cpp.
 //
 // * nm_mask: one thread per group of m; keep the n largest (ties keep the lower column).
@@ -6,8 +6,6 @@
 //   (one bit per pass over the row, which stays in L1/L2), then the mask with ties pruned in index
 //   order (a block-wide prefix scan over each chunk). Per layer is one row of r * c (one block:
 //   correct but not spread over the device).
-// * pack_24: one thread per 8 columns: 4 kept values and one metadata byte (two nibbles of
-//   idx0 | idx1 << 2, the even group in the low nibble).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -116,34 +114,13 @@ __global__ void __launch_bounds__(TOPK_THREADS)
   }
 }
 
-template <typename T>
-__global__ void pack24_kernel(const T* __restrict__ w, int64_t ldw, const uint8_t* __restrict__ k,
-                              int64_t ldk, int64_t pairs_per_row, int64_t n_pairs,
-                              T* __restrict__ vals, uint8_t* __restrict__ meta) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= n_pairs) return;
-  const int64_t row = p / pairs_per_row, c0 = (p % pairs_per_row) * 8;
-  uint8_t byte = 0;
-  T* v = vals + row * pairs_per_row * 4 + c0 / 2;
-  for (int g = 0; g < 2; ++g) {
-    int idx[2] = {0, 0};
-    int found = 0;
-    for (int j = 0; j < 4 && found < 2; ++j)
-      if (k[row * ldk + c0 + 4 * g + j]) idx[found++] = j;
-    v[2 * g] = w[row * ldw + c0 + 4 * g + idx[0]];
-    v[2 * g + 1] = w[row * ldw + c0 + 4 * g + idx[1]];
-    byte |= static_cast<uint8_t>((idx[0] | (idx[1] << 2)) << (4 * g));
-  }
-  meta[row * pairs_per_row + c0 / 8] = byte;
-}
-
 inline unsigned blocks_for(int64_t n, int threads) {
   return static_cast<unsigned>((n + threads - 1) / threads);
 }
 
 }  // namespace
 
-// dtype: 0 = fp32, 1 = fp16, 2 = bf16, 3 = fp64 (scores / weights). Rows have unit column stride.
+// dtype: 0 = fp32, 1 = fp16, 2 = bf16, 3 = fp64 (scores). Rows have unit column stride.
 cudaError_t nm_mask(const void* s, int dtype, int64_t rows, int64_t cols, int64_t ld, int n, int m,
                     uint8_t* keep, cudaStream_t stream) {
   const int64_t gpr = cols / m, n_groups = rows * gpr;
@@ -191,40 +168,6 @@ cudaError_t topk_mask(const void* s, int dtype, int64_t rows, int64_t L, int64_t
     case 3:
       topk_row_kernel<double><<<b, TOPK_THREADS, 0, stream>>>(
           static_cast<const double*>(s), L, ld, n_prune, keep);
-      break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
-// w: [rows, cols] (row stride ldw), k: [rows, cols] uint8 (row stride ldk), cols % 8 == 0, exactly
-// two kept per group of 4 (checked by the caller). vals: [rows, cols / 2], meta: [rows, cols / 8].
-cudaError_t pack_24(const void* w, int dtype, int64_t rows, int64_t cols, int64_t ldw,
-                    const uint8_t* k, int64_t ldk, void* vals, uint8_t* meta,
-                    cudaStream_t stream) {
-  const int64_t ppr = cols / 8, n_pairs = rows * ppr;
-  if (n_pairs == 0) return cudaSuccess;
-  const unsigned b = blocks_for(n_pairs, 256);
-  switch (dtype) {
-    case 0:
-      pack24_kernel<float><<<b, 256, 0, stream>>>(
-          static_cast<const float*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<float*>(vals),
-          meta);
-      break;
-    case 1:
-      pack24_kernel<__half><<<b, 256, 0, stream>>>(
-          static_cast<const __half*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<__half*>(vals),
-          meta);
-      break;
-    case 2:
-      pack24_kernel<__nv_bfloat16><<<b, 256, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(w), ldw, k, ldk, ppr, n_pairs,
-          static_cast<__nv_bfloat16*>(vals), meta);
-      break;
-    case 3:
-      pack24_kernel<double><<<b, 256, 0, stream>>>(
-          static_cast<const double*>(w), ldw, k, ldk, ppr, n_pairs, static_cast<double*>(vals),
-          meta);
       break;
     default: return cudaErrorInvalidValue;
   }

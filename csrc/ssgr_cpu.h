@@ -1,6 +1,8 @@
-// Declarations of the CPU (C++/OpenMP) kernels of ssgr. Tensors cross the boundary as raw
-// pointers plus shapes and leading dimensions (row-major); the Python layer validates
-// dtype, contiguity and shapes before calling. No torch headers are needed to build these.
+// Declarations of the CPU (C++/OpenMP) kernels of ssgr (csrc/sparsegpt.cpp, csrc/masks.cpp).
+// Tensors cross the boundary as raw pointers plus shapes and leading dimensions (row-major);
+// the typed wrappers of ssgr/ops/_native.py validate device, dtype, shapes and strides before
+// calling. No torch headers are needed to build these; the vector code needs GCC >= 9 or
+// clang >= 11 (see csrc/sparsegpt.cpp).
 #pragma once
 #include <cstdint>
 

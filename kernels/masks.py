@@ -1,16 +1,15 @@
-"""Triton mask kernels: N:M keep masks, unstructured top-k (per row or per layer), 2:4 packing.
+"""Triton mask kernels: N:M keep masks, unstructured top-k (per row or per layer).
 
-Contracts (same as :mod:`ssgr.ops.reference`):
+Contracts (same as :mod:`ssgr.ops.masks.reference`):
 
 * ``nm_mask(scores[r, c], n, m) -> keep[r, c] bool``: the n largest of every m consecutive scores
   of a row; ties keep the lower column (a stable descending sort).
 * ``topk_mask(scores[R, L], n_prune) -> keep[R, L] bool``: the ``n_prune`` smallest of each row
   pruned; ties prune the lower index first (a stable ascending sort). Per layer is one row of
   ``r * c``.
-* ``pack_24(W[r, c], keep[r, c]) -> (values[r, c/2], meta[r, c/8] uint8)``: the two kept values of
-  every group of 4 in column order, and their 2-bit positions, one nibble per group
-  (``idx0 | idx1 << 2``), the low nibble for the even group. :func:`unpack_24` inverts it into the
-  dense 2:4 matrix that ``torch.sparse.to_sparse_semi_structured`` accepts.
+
+A pruned 2:4 matrix needs no packing of ours: ``torch.sparse.to_sparse_semi_structured`` takes
+the dense matrix (zeros where pruned) directly.
 
 bf16/fp16 scores are upcast to fp32 right after ``tl.load`` (exact, and the interpreter's bf16 is
 wrong); fp64 scores stay fp64. Top-k finds each row's threshold by a radix select on
@@ -29,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["nm_mask", "topk_mask", "pack_24", "unpack_24", "interpreting"]
+__all__ = ["interpreting", "nm_mask", "topk_mask"]
 
 
 def interpreting() -> bool:
@@ -276,69 +275,3 @@ def topk_mask(scores: torch.Tensor, n_prune: int, *, fused: bool | None = None) 
         scores, thr, tie_before, quota, keep, L, scores.stride(0), n_chunks, **meta
     )
     return keep.view(torch.bool)
-
-
-# ----------------------------------------------------------------------------------------------
-# 2:4 packing
-# ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _pack24_kernel(
-    w_ptr, keep_ptr, val_ptr, meta_ptr, n_pairs, pairs_per_row, stride_w, stride_k,
-    BP: tl.constexpr,
-):
-    """One program: BP pairs of 4-groups (8 columns each) -> 4 values and one metadata byte."""
-    pid = tl.program_id(0)
-    pr = pid * BP + tl.arange(0, BP)
-    pm = pr < n_pairs
-    row = (pr // pairs_per_row).to(tl.int64)
-    c0 = (pr % pairs_per_row) * 8
-    byte = tl.zeros((BP,), dtype=tl.int32)
-    for g in tl.static_range(2):
-        first = tl.zeros((BP,), dtype=tl.int32) - 1
-        second = tl.zeros((BP,), dtype=tl.int32) - 1
-        for j in tl.static_range(4):
-            kj = tl.load(keep_ptr + row * stride_k + c0 + 4 * g + j, mask=pm, other=0) != 0
-            second = tl.where(kj & (first >= 0) & (second < 0), j, second)
-            first = tl.where(kj & (first < 0), j, first)
-        first = tl.maximum(first, 0)  # a malformed group (checked by the caller) stays in bounds
-        second = tl.maximum(second, 0)
-        w0 = tl.load(w_ptr + row * stride_w + c0 + 4 * g + first, mask=pm)
-        w1 = tl.load(w_ptr + row * stride_w + c0 + 4 * g + second, mask=pm)
-        vo = row * (pairs_per_row * 4) + (c0 // 2) + 2 * g
-        tl.store(val_ptr + vo, w0, mask=pm)
-        tl.store(val_ptr + vo + 1, w1, mask=pm)
-        byte = byte | ((first | (second << 2)) << (4 * g))
-    tl.store(meta_ptr + row * pairs_per_row + (c0 // 8), byte.to(tl.uint8), mask=pm)
-
-
-def pack_24(W: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack a 2:4 matrix: ``W[r, c]`` and its keep mask (exactly 2 of every 4, ``c % 8 == 0``)
-    into ``(values[r, c/2] in W's dtype, meta[r, c/8] uint8)`` (see the module docstring)."""
-    r, c = W.shape
-    if W.stride(1) != 1:
-        W = W.contiguous()
-    k8 = keep.contiguous().view(torch.uint8)
-    vals = torch.empty(r, c // 2, dtype=W.dtype, device=W.device)
-    meta = torch.empty(r, c // 8, dtype=torch.uint8, device=W.device)
-    n_pairs = r * (c // 8)
-    if n_pairs:
-        bp = 64 if interpreting() else 256
-        _pack24_kernel[(triton.cdiv(n_pairs, bp),)](
-            W, k8, vals, meta, n_pairs, c // 8, W.stride(0), k8.stride(0), BP=bp, num_warps=4,
-        )
-    return vals, meta
-
-
-def unpack_24(vals: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`pack_24`: the dense ``[r, c]`` 2:4 matrix (zeros where pruned), the input
-    ``torch.sparse.to_sparse_semi_structured`` takes. Pure torch (a scatter)."""
-    r, half = vals.shape
-    c = half * 2
-    m = meta.to(torch.int64)
-    nib = torch.stack((m & 0xF, m >> 4), dim=-1).reshape(r, c // 4)  # one nibble per group
-    idx = torch.stack((nib & 3, (nib >> 2) & 3), dim=-1)  # [r, c/4, 2]
-    dense = torch.zeros(r, c // 4, 4, dtype=vals.dtype, device=vals.device)
-    dense.scatter_(-1, idx, vals.reshape(r, c // 4, 2))
-    return dense.reshape(r, c)

@@ -13,6 +13,20 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s first ``model name``), else what
+    ``platform.processor()`` / ``platform.machine()`` say. Used by ``ssgr info`` users such as the
+    benchmarks (machine description and result file names)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def info_text() -> str:
     """The report printed by ``ssgr info``."""
     import torch
@@ -28,7 +42,9 @@ def info_text() -> str:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            lines.append(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
+            lines.append(
+                f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}"
+            )
     else:
         lines.append("cuda: none (torch.cuda.is_available() is False)")
     lines.append(

@@ -54,8 +54,8 @@ def weight_2d(layer: nn.Module, kind: str) -> torch.Tensor:
     """The layer's weight as a contiguous ``W[rows, columns]`` in the weight's dtype (a view
     where the layout allows, a copy for Conv1D).
 
-    Contiguous on purpose: the fused ``cpu`` backend of ``sparsegpt_prune`` reads W's storage
-    row-major, and a transposed view (Conv1D) gave wrong results there.
+    Contiguous so that every backend of ``sparsegpt_prune`` starts from the same row-major layout
+    (each one also accepts a strided W: it copies it to row-major fp32 first).
     """
     w = layer.weight.detach()
     if kind == CONV1D:

@@ -2,7 +2,8 @@
 
 Each op has up to four implementations of one contract: ``reference`` (pure torch, any device,
 the oracle), ``cpu`` (C++/OpenMP, ``ssgr._C``), ``triton`` (``ssgr.kernels``) and ``cuda``
-(``ssgr._cuda``). An implementation is *registered* when its code exists for the op, and
+(``ssgr._cuda``), in the op's package ``ssgr/ops/<op>/`` (``reference.py``, ``cpu.py``,
+``gpu.py``). An implementation is *registered* when its code exists for the op, and
 *available* when it can run here (its probe returns no reason). Dispatch picks, by the tensor's
 device, the first available implementation in :data:`DISPATCH_ORDER`.
 
@@ -29,6 +30,8 @@ DISPATCH_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu", "reference"),
 }
 OPS: tuple[str, ...] = ("hessian", "sparsegpt", "nm_mask", "topk_mask", "wanda_scores")
+#: The op packages under ssgr/ops/ whose implementation modules register the ops above.
+OPS_PACKAGES: tuple[str, ...] = ("hessian", "sparsegpt", "masks")
 
 
 NOT_IMPLEMENTED = "not implemented for this op"
@@ -92,7 +95,9 @@ def _load_backends() -> None:
     if _REG.loaded:
         return
     _REG.loaded = True
-    from . import _backends  # noqa: F401  (registers reference, cpu, triton, cuda glue)
+    from . import _backends
+
+    _backends.load()
 
 
 def _env_backend() -> str | None:

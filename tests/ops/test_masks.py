@@ -6,11 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ssgr.errors import InputError
 from ssgr.ops import nm_mask, support_matrix, topk_mask, wanda_scores
 from ssgr.ops import reference as ref
 
-NM_BACKENDS = ["reference"] + [b for b in ("cpu", "triton", "cuda") if support_matrix()["nm_mask"][b] is None]
-TOPK_BACKENDS = ["reference"] + [b for b in ("cpu", "triton", "cuda") if support_matrix()["topk_mask"][b] is None]
+
+def _backends(op: str) -> list[str]:
+    return ["reference"] + [b for b in ("cpu", "triton", "cuda") if support_matrix()[op][b] is None]
+
+
+NM_BACKENDS = _backends("nm_mask")
+TOPK_BACKENDS = _backends("topk_mask")
 
 
 @pytest.mark.parametrize("backend", NM_BACKENDS)
@@ -51,7 +57,8 @@ def test_topk_mask_counts_and_equality(seed, backend, per, sparsity):
         assert bool(((~keep).sum(1) == int(77 * sparsity)).all())
     else:
         assert int((~keep).sum()) == int(23 * 77 * sparsity)
-    assert torch.equal(keep, ref.topk_mask(scores, int((77 if per == "row" else 23 * 77) * sparsity), per))
+    k = int((77 if per == "row" else 23 * 77) * sparsity)
+    assert torch.equal(keep, ref.topk_mask(scores, k, per))
     if 0 < sparsity:
         flat, k = (scores.flatten(), keep.flatten()) if per == "layer" else (scores[0], keep[0])
         assert flat[k].min() >= flat[~k].max()
@@ -93,5 +100,5 @@ def test_wanda_scores(seed):
     ],
 )
 def test_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         call()

@@ -1,6 +1,6 @@
 """The triton backend under TRITON_INTERPRET=1 on CPU tensors, at small shapes, against the
-reference: Hessian (dtypes, token splits, symmetry, column norms), N:M and top-k masks (ties,
-per layer, both top-k paths), 2:4 packing, SparseGPT (unstructured, N:M, dead columns, damping).
+reference: Hessian (dtypes, token splits, symmetry), N:M and top-k masks (ties, per layer, both
+top-k paths), SparseGPT (unstructured, N:M, dead columns, damping).
 
 ``TRITON_INTERPRET`` must be set before the kernels are imported, so in a normal test run this
 module runs itself in a subprocess with the variable set (``test_interpreter_suite``); in that
@@ -70,7 +70,7 @@ def test_importing_ops_does_not_import_triton():
 # ------------------------------------------------------------------------ interpreter process
 
 if INTERP:
-    from _util import random_hessian
+    from _util import assert_same_prune, random_hessian
 
     from ssgr.ops import (
         HessianAccumulator,
@@ -105,8 +105,7 @@ def test_hessian_vs_float64_oracle(seed, dtype, splits):
     H0 = torch.randn(d, d)
     H0 = H0 + H0.T
     H = H0.clone()
-    sq = torch.zeros(d)
-    K.hessian_accumulate(H, X, sq, splits=splits)
+    K.hessian_accumulate(H, X, splits=splits)
     oracle = H0.double() + X.double().T @ X.double()
     R = H0.clone()
     hessian_accumulate(R, X, backend="reference")
@@ -114,7 +113,6 @@ def test_hessian_vs_float64_oracle(seed, dtype, splits):
     err = (H.double() - oracle).abs().max().item()
     assert err <= 2 * err_ref + 1e-6 * oracle.abs().max().item()
     assert torch.equal(H, H.T), "H must stay exactly symmetric"
-    torch.testing.assert_close(sq.double(), (X.double() ** 2).sum(0), rtol=1e-5, atol=1e-5)
 
 
 @interp_only
@@ -175,22 +173,6 @@ def test_topk_ties_and_multi_program_path(seed):
         assert torch.equal(K.topk_mask(s, k, fused=False), ref.topk_mask(s, k, "row"))
 
 
-@interp_only
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_pack_24_roundtrip(seed, dtype):
-    from ssgr.kernels.masks import unpack_24
-    from ssgr.ops._triton import pack_24
-
-    W = torch.randn(9, 64).to(dtype)
-    keep = ref.nm_mask(W.float().abs(), 2, 4)
-    vals, meta = pack_24(W, keep)
-    assert vals.shape == (9, 32) and meta.shape == (9, 8) and meta.dtype == torch.uint8
-    assert torch.equal(vals, W[keep].reshape(9, 32))  # kept values in column order
-    assert torch.equal(unpack_24(vals, meta), W * keep)
-    with pytest.raises(ValueError, match="not 2:4"):
-        pack_24(W, torch.ones_like(keep))
-
-
 # (rows, cols, blocksize, kwargs): partial last block, N:M with 2:4 / 4:8 / 1:4, unstructured
 OBS_CASES = [
     (37, 100, 32, dict(sparsity=0.5)),
@@ -208,9 +190,7 @@ def test_sparsegpt_equals_reference(seed, rows, cols, bs, kw):
     H = random_hessian(cols)
     r = sparsegpt_prune(W, H, blocksize=bs, backend="reference", **kw)
     out = sparsegpt_prune(W, H, blocksize=bs, backend="triton", **kw)
-    assert torch.equal(out.mask, r.mask)
-    torch.testing.assert_close(out.weight, r.weight, rtol=1e-4, atol=1e-4)
-    assert out.loss == pytest.approx(r.loss, rel=1e-4)
+    assert_same_prune(out, r)
     assert bool((out.weight[~out.mask] == 0).all())
     if "n" in kw:
         assert bool((out.mask.reshape(rows, -1, kw["m"]).sum(-1) == kw["n"]).all())
@@ -224,9 +204,10 @@ def test_sparsegpt_vs_float64_oracle(seed, kw):
     oracle = sparsegpt_prune(W.double(), H.double(), blocksize=64, backend="reference", **kw)
     r32 = sparsegpt_prune(W, H, blocksize=64, backend="reference", **kw)
     out = sparsegpt_prune(W, H, blocksize=64, backend="triton", **kw)
-    assert torch.equal(out.mask, oracle.mask)
-    err_ref = (r32.weight.double() - oracle.weight).abs().max().item()
-    err = (out.weight.double() - oracle.weight).abs().max().item()
+    assert_same_prune(out, oracle, rtol=1e-3, atol=1e-3, loss_rel=None)
+    rows = ~((out.mask != oracle.mask) | (r32.mask != oracle.mask)).any(1)
+    err_ref = (r32.weight.double() - oracle.weight)[rows].abs().max().item()
+    err = (out.weight.double() - oracle.weight)[rows].abs().max().item()
     assert err <= 2 * err_ref + 1e-6
 
 
@@ -237,7 +218,8 @@ def test_sparsegpt_bf16_ties_dead_columns_and_damping(seed, monkeypatch, caplog)
     H = random_hessian(64)
     out = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="triton")
     r = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="reference")
-    assert out.weight.dtype == torch.bfloat16 and torch.equal(out.mask, r.mask)
+    assert out.weight.dtype == torch.bfloat16
+    assert_same_prune(out, r, rtol=1e-2, atol=1e-2)
     # exact ties with a diagonal H: the pattern holds and kept weights are unchanged
     Wt = torch.randint(-2, 3, (24, 64)).float()
     res = sparsegpt_prune(Wt, torch.eye(64) * 2.0, n=4, m=8, blocksize=32, backend="triton")

@@ -7,7 +7,8 @@
 // tile prefetches the next one's rows while it computes (the block is strided in W, so the
 // hardware prefetcher misses it). The tile loop is compiled twice (AVX2 and baseline x86-64) and
 // picked at load time. Also here: the radix-select threshold of the unstructured block mask, and
-// the flipped copy of H used by the cpu backend.
+// the flipped copy of H used by the cpu backend. "obs" names the block kernel; the op is
+// SparseGPT (ssgr/ops/sparsegpt/cpu.py is the host loop).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -37,6 +38,18 @@ inline void smallest_n(const float* s, int64_t g, int64_t n_prune, uint8_t* prun
   for (int64_t j = 0; j < std::min(n_prune, g); ++j) prune_out[order[j]] = 1;
 }
 
+// GNU vector extensions (vector_size types, their ?: select, __builtin_convertvector) need GCC
+// >= 9 or clang >= 11; the two spell a constant shuffle differently. Other compilers stop here.
+#if defined(__clang__)
+#define SSGR_SHUFFLE2(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define SSGR_SHUFFLE1(a, ...) __builtin_shufflevector(a, a, __VA_ARGS__)
+#elif defined(__GNUC__)
+#define SSGR_SHUFFLE2(a, b, ...) __builtin_shuffle(a, b, Vec8i{__VA_ARGS__})
+#define SSGR_SHUFFLE1(a, ...) __builtin_shuffle(a, Vec8i{__VA_ARGS__})
+#else
+#error "csrc/sparsegpt.cpp needs GCC >= 9 or clang >= 11 (GNU vector extensions)"
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define SSGR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -60,18 +73,18 @@ template <typename V>
 inline void transpose8(V x[8]) {
   V t[8], s[8];
   for (int k = 0; k < 8; k += 2) {
-    t[k] = __builtin_shuffle(x[k], x[k + 1], Vec8i{0, 8, 1, 9, 4, 12, 5, 13});
-    t[k + 1] = __builtin_shuffle(x[k], x[k + 1], Vec8i{2, 10, 3, 11, 6, 14, 7, 15});
+    t[k] = SSGR_SHUFFLE2(x[k], x[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[k + 1] = SSGR_SHUFFLE2(x[k], x[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
   for (int k = 0; k < 8; k += 4) {
-    s[k] = __builtin_shuffle(t[k], t[k + 2], Vec8i{0, 1, 8, 9, 4, 5, 12, 13});
-    s[k + 1] = __builtin_shuffle(t[k], t[k + 2], Vec8i{2, 3, 10, 11, 6, 7, 14, 15});
-    s[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], Vec8i{0, 1, 8, 9, 4, 5, 12, 13});
-    s[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], Vec8i{2, 3, 10, 11, 6, 7, 14, 15});
+    s[k] = SSGR_SHUFFLE2(t[k], t[k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    s[k + 1] = SSGR_SHUFFLE2(t[k], t[k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    s[k + 2] = SSGR_SHUFFLE2(t[k + 1], t[k + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    s[k + 3] = SSGR_SHUFFLE2(t[k + 1], t[k + 3], 2, 3, 10, 11, 6, 7, 14, 15);
   }
   for (int k = 0; k < 4; ++k) {
-    x[k] = __builtin_shuffle(s[k], s[k + 4], Vec8i{0, 1, 2, 3, 8, 9, 10, 11});
-    x[k + 4] = __builtin_shuffle(s[k], s[k + 4], Vec8i{4, 5, 6, 7, 12, 13, 14, 15});
+    x[k] = SSGR_SHUFFLE2(s[k], s[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    x[k + 4] = SSGR_SHUFFLE2(s[k], s[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
 
@@ -213,7 +226,7 @@ void obs_tile(const float* w, int64_t ldw, int64_t nrows, const float* u, int64_
         if (dflip != nullptr) {
           const Vec8 diff = vec(qr) - q[l];
           vec(dflip + (8 * g + l) * count + count - 8 - i) =
-              __builtin_shuffle(diff, Vec8i{7, 6, 5, 4, 3, 2, 1, 0});
+              SSGR_SHUFFLE1(diff, 7, 6, 5, 4, 3, 2, 1, 0);
         }
         vec(qr) = q[l];
         const Vec8u8 kb = __builtin_convertvector(k8[l], Vec8u8);

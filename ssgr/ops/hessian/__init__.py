@@ -4,69 +4,42 @@
 any token count (a 32k-token trace is one call), token counting, Wanda's column squared norms, and
 token-averaged results. Scale note: ssgr averages over *tokens* (llm-compressor scales by
 2/num_sequences); a uniform scale changes neither SparseGPT's nor Wanda's choices.
+
+Implementations, one file each: ``reference.py`` (pure torch, the oracle), ``cpu.py`` (blocked
+SYRK), ``gpu.py`` (``triton`` and ``cuda``); they register with :mod:`ssgr.ops._registry`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _checks, reference
-from ._registry import register, resolve
+from ssgr.errors import InputError
+
+from .. import _checks
+from .._registry import resolve
+from . import reference
 
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-
-
-register("hessian", "reference", devices=("cpu", "cuda", "meta"))(reference.hessian_accumulate)
-
-#: Column-block width of the ``cpu`` backend's symmetric update (a multiple of 64 keeps the GEMM
-#: tiles aligned); it skips a fraction ``(1 - block / d) / 2`` of the multiply-adds (33% at
-#: d=576, 44% at d=1536).
-SYRK_BLOCK = 192
-
-
-@register("hessian", "cpu", devices=("cpu",))
-def _hessian_cpu(H: torch.Tensor, X: torch.Tensor, block: int = SYRK_BLOCK,
-                 chunk: int = reference.HESSIAN_CHUNK) -> None:
-    """``H[d, d] += X^T X`` computing only the upper block triangle (a blocked SYRK).
-
-    X ``[t, d]`` is upcast chunk by chunk; for every column block ``j`` one GEMM adds
-    ``X[:, :j1]^T X[:, j]`` into ``H[:j1, j]`` (about half the multiply-adds of the full product),
-    then each strictly-lower block is copied from its transpose. H must be symmetric on entry (as
-    every accumulated Hessian is); the result is then exactly symmetric outside the diagonal
-    blocks and symmetric to fp32 rounding inside them.
-    """
-    d = H.shape[0]
-    if d <= block:
-        reference.hessian_accumulate(H, X, chunk)
-        return
-    for s in range(0, X.shape[0], chunk):
-        xc = X[s : s + chunk].to(H.dtype)
-        for j0 in range(0, d, block):
-            j1 = min(j0 + block, d)
-            H[:j1, j0:j1].addmm_(xc[:, :j1].T, xc[:, j0:j1])
-    for j0 in range(block, d, block):
-        j1 = min(j0 + block, d)
-        H[j0:j1, :j0] = H[:j0, j0:j1].T
 
 
 def _check(H: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     _checks.tensor("H", H, ndim=2)
     _checks.tensor("X", X)
     if H.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"H has dtype {H.dtype}; the Hessian accumulates in float32 (or float64)")
+        raise InputError(f"H has dtype {H.dtype}; the Hessian accumulates in float32 (or float64)")
     if H.shape[0] != H.shape[1]:
-        raise ValueError(f"H must be square [d, d], got {tuple(H.shape)}")
+        raise InputError(f"H must be square [d, d], got {tuple(H.shape)}")
     if X.dim() < 1 or X.shape[-1] != H.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"X has shape {tuple(X.shape)} but H is {tuple(H.shape)}: X's last dimension must be "
             f"d={H.shape[0]} (the module's input features)"
         )
     _checks.floating("X", X, _X_DTYPES)
     if X.dtype == torch.float64 and H.dtype != torch.float64:
-        raise ValueError("X is float64 but H is float32; use a float64 H for an fp64 oracle")
+        raise InputError("X is float64 but H is float32; use a float64 H for an fp64 oracle")
     _checks.same_device(H=H, X=X)
     if not H.is_contiguous():
-        raise ValueError("H must be contiguous (allocate it with torch.zeros(d, d))")
+        raise InputError("H must be contiguous (allocate it with torch.zeros(d, d))")
     return X.reshape(-1, X.shape[-1])
 
 
@@ -77,6 +50,9 @@ def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, backend: str | None 
         H: ``[d, d]`` float32 (float64 for an oracle), contiguous; updated in place.
         X: ``[..., d]`` float32/bfloat16/float16 activations; all leading dims are tokens.
         backend: force a backend (see ``ssgr info``); None dispatches by device.
+    Raises:
+        InputError: a bad shape, dtype, device or a non-contiguous H.
+        BackendError: a forced backend that cannot run here.
     """
     X2 = _check(H, X)
     if X2.shape[0] == 0:
@@ -116,7 +92,7 @@ class HessianAccumulator:
         dtype: torch.dtype = torch.float32,
     ) -> None:
         if not isinstance(d, int) or d <= 0:
-            raise ValueError(f"d must be a positive int (input features), got {d!r}")
+            raise InputError(f"d must be a positive int (input features), got {d!r}")
         self.d = d
         self.device = torch.device(device)
         self.name = name
@@ -144,11 +120,11 @@ class HessianAccumulator:
                 elif t > 0:
                     self._gather(X2)
             except ValueError as exc:
-                raise ValueError(f"{self.name or 'HessianAccumulator'}: {exc}") from None
+                raise InputError(f"{self.name or 'HessianAccumulator'}: {exc}") from None
             self.tokens += t
             return
         if X.shape[-1] != self.d:
-            raise ValueError(
+            raise InputError(
                 f"{self.name or 'HessianAccumulator'}: X has shape {tuple(X.shape)}, expected "
                 f"last dimension d={self.d}"
             )
@@ -175,7 +151,7 @@ class HessianAccumulator:
 
     def _checked(self, t: torch.Tensor, what: str) -> torch.Tensor:
         if self.tokens == 0:
-            raise ValueError(
+            raise InputError(
                 f"{self.name or 'HessianAccumulator'}: no tokens were added; the module never saw "
                 "calibration input (check the calibration set and the module's hooks)"
             )
@@ -191,7 +167,7 @@ class HessianAccumulator:
     def hessian(self) -> torch.Tensor:
         """Token-averaged ``H[d, d] = X^T X / tokens`` (float32)."""
         if self.H is None:
-            raise ValueError(f"{self.name or 'HessianAccumulator'} was created with hessian=False")
+            raise InputError(f"{self.name or 'HessianAccumulator'} was created with hessian=False")
         self._flush()
         return self._checked(self.H, "Hessian")
 

@@ -2,46 +2,19 @@
 
 All masks are bool ``[r, c]`` with True where a weight is kept; N:M groups run along the input
 dimension c (consecutive columns of a row).
+
+Implementations, one file each: ``reference.py`` (pure torch, the oracle), ``cpu.py`` (C++,
+csrc/masks.cpp), ``gpu.py`` (``triton``: ``ssgr.kernels.masks``; ``cuda``: csrc/masks.cu).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _checks, _cpu, reference
-from ._registry import register, resolve
+from ssgr.errors import InputError
 
-register("nm_mask", "reference", devices=("cpu", "cuda"))(reference.nm_mask)
-register("topk_mask", "reference", devices=("cpu", "cuda"))(reference.topk_mask)
-register("wanda_scores", "reference", devices=("cpu", "cuda"))(reference.wanda_scores)
-
-
-def _cpu_scores(scores: torch.Tensor) -> torch.Tensor:
-    if scores.dtype not in (torch.float32, torch.float64):
-        scores = scores.float()
-    return scores.contiguous()
-
-
-@register("nm_mask", "cpu", devices=("cpu",), probe=_cpu.probe)
-def _nm_mask_cpu(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    s = _cpu_scores(scores)
-    keep = torch.empty(s.shape, dtype=torch.uint8)
-    _cpu.lib().nm_mask(
-        s.data_ptr(), s.dtype == torch.float64, s.shape[0], s.shape[1], n, m, keep.data_ptr()
-    )
-    return keep.bool()
-
-
-@register("topk_mask", "cpu", devices=("cpu",), probe=_cpu.probe)
-def _topk_mask_cpu(scores: torch.Tensor, n_prune: int, per: str) -> torch.Tensor:
-    s = _cpu_scores(scores)
-    flat = s.reshape(1, -1) if per == "layer" else s
-    keep = torch.empty(flat.shape, dtype=torch.uint8)
-    _cpu.lib().topk_mask(
-        flat.data_ptr(), s.dtype == torch.float64, flat.shape[0], flat.shape[1], n_prune,
-        keep.data_ptr(),
-    )
-    return keep.bool().reshape(scores.shape)
+from .. import _checks
+from .._registry import resolve
 
 
 def _scores(scores: torch.Tensor) -> torch.Tensor:
@@ -59,6 +32,8 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, *, backend: str | None = None)
         n, m: keep n of every m (2:4, 4:8, any ``0 < n < m``).
     Returns:
         bool ``[r, c]``, exactly n True per group; ties keep the lower column.
+    Raises:
+        InputError: scores not 2-D floating and finite, or a bad n:m for c.
     """
     _scores(scores)
     n, m = _checks.nm_pattern(n, m, scores.shape[1])
@@ -77,11 +52,13 @@ def topk_mask(
             Wanda's choice) or ``int(r * c * sparsity)`` in the whole matrix (``per="layer"``).
     Returns:
         bool ``[r, c]``; ties prune the lower index first (stable ascending sort).
+    Raises:
+        InputError: scores not 2-D floating and finite, sparsity outside [0, 1), bad ``per``.
     """
     _scores(scores)
     sparsity = _checks.sparsity_value("sparsity", sparsity)
     if per not in ("row", "layer"):
-        raise ValueError(f"per must be 'row' or 'layer', got {per!r}")
+        raise InputError(f"per must be 'row' or 'layer', got {per!r}")
     count = scores.shape[1] if per == "row" else scores.numel()
     _, fn = resolve("topk_mask", scores.device, backend)
     return fn(scores, int(count * sparsity), per)
@@ -96,18 +73,20 @@ def wanda_scores(
         W: ``[r, c]`` weights. col_sq_norms: ``[c]`` (``HessianAccumulator.col_sq_norms()``).
     Returns:
         ``[r, c]`` scores in the promoted float dtype.
+    Raises:
+        InputError: bad shapes, dtypes or devices, or negative norms.
     """
     _checks.tensor("W", W, ndim=2)
     _checks.tensor("col_sq_norms", col_sq_norms, ndim=1)
     _checks.floating("W", W)
     _checks.floating("col_sq_norms", col_sq_norms)
     if col_sq_norms.shape[0] != W.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"col_sq_norms has {col_sq_norms.shape[0]} entries but W has {W.shape[1]} columns; "
             "pass the norms of this module's input"
         )
     _checks.same_device(W=W, col_sq_norms=col_sq_norms)
     if bool((col_sq_norms < 0).any()):
-        raise ValueError("col_sq_norms has negative entries; pass squared norms (sums of x^2)")
+        raise InputError("col_sq_norms has negative entries; pass squared norms (sums of x^2)")
     _, fn = resolve("wanda_scores", W.device, backend)
     return fn(W, col_sq_norms)

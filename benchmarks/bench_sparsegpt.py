@@ -26,9 +26,9 @@ import pytest
 import torch
 from shapes import (
     DEVICE,
-    OBS_LAYERS,
     PAIRED_LAYERS,
     SMOKE,
+    SPARSEGPT_LAYERS,
     Layer,
     backends,
     budget_rounds,
@@ -56,16 +56,10 @@ def _problem(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _peer(W: torch.Tensor, H: torch.Tensor, kw: dict) -> torch.Tensor:
-    from llmcompressor.modifiers.pruning.sparsegpt.sgpt_sparsify import sparsify_weight
+    """llm-compressor's result for ssgr's pattern ``kw`` (blocksize 128, percdamp 0.01)."""
+    from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
 
-    lin = torch.nn.Linear(W.shape[1], W.shape[0], bias=False, device=W.device)
-    lin.weight.requires_grad_(False).copy_(W)
-    sparsity = kw.get("sparsity", 0.0)
-    prune_n = kw["m"] - kw["n"] if "m" in kw else 0
-    _, Q = sparsify_weight(
-        lin, {lin: H.clone()}, sparsity, prune_n, kw.get("m", 0), 128, 0.01, False
-    )
-    return Q
+    return llmcompressor_sparsify(W, H, *peer_pattern(**kw), blocksize=128)[0]
 
 
 _PEER_OUT: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -97,7 +91,7 @@ def _rounds(impl: str, layer: Layer, run: Callable[[], object]) -> int:
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("pattern", list(PATTERNS))
-@pytest.mark.parametrize("layer", OBS_LAYERS, ids=lambda lay: lay.id)
+@pytest.mark.parametrize("layer", SPARSEGPT_LAYERS, ids=lambda lay: lay.id)
 def test_sparsegpt(benchmark, sync, layer: Layer, pattern: str, impl: str) -> None:
     if impl == PEER:
         pytest.importorskip("llmcompressor")

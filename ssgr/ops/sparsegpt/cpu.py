@@ -1,0 +1,82 @@
+"""The ``cpu`` backend of ``sparsegpt``: the host loop around the fused C++ OBS block
+(csrc/sparsegpt.cpp, through the typed wrappers of :mod:`ssgr.ops._native`).
+
+It computes the reference's result in another order: with ``T = J chol(J H J) J`` (J reverses the
+columns) one has ``T = U^-1``, so it needs one Cholesky instead of three factorisations, and the
+trailing update is ``W_b += (sum_{a<b} (W_a - Q_a) T_ab) U_bb``, which equals
+``W_b -= sum_{a<b} Err_a U_ab`` (``E U = W - Q``). It never forms T: the Cholesky runs in place on
+one flipped copy of H (LAPACK ``spotrf``, :func:`ssgr.ops._native.potrf_`) and every product reads
+that factor in flipped coordinates. The per-block column loop runs fused in C++, on tiles of 16
+rows held transposed so each step is a vector operation across rows, and the unstructured block
+threshold is a radix select there too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _native
+from .._registry import register
+from ._common import damped, prepare
+
+
+def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """``L[c, c]`` lower with ``J (H + damp I) J = L L^T`` (J reverses the order), so that
+    ``T = J L J = U^-1``. Factored in place in one flipped copy of H
+    (:func:`ssgr.ops._native.potrf_`); L's strict upper triangle is unspecified."""
+    Hf = _native.flip2d(H)  # the one copy; damping commutes with the flip
+    Hf.diagonal().add_(damp)
+    return _native.potrf_(Hf)
+
+
+@register("sparsegpt", "cpu", devices=("cpu",), probe=_native.probe)
+def sparsegpt(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """SparseGPT in flipped coordinates: ``T = J L J`` is never formed. With
+    ``f1, f2 = c - i2, c - i1`` for block ``[i1, i2)``: ``T_bb = J L[f1:f2, f1:f2] J``,
+    ``T[i1:i2, i2:] = J L[f1:f2, :f1] J``, and the accumulator is kept column-reversed
+    (``accf[:, c - 1 - j] = sum_{a} (W_a - Q_a) T_aj``), so every product reads L in place.
+    Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``."""
+    Wc, Hc = prepare(W, H, torch.float32)
+    L, damping = damped(Hc.contiguous(), percdamp, _flipped_cholesky)
+    del Hc
+    rows, cols = Wc.shape
+    keep = torch.empty(rows, cols, dtype=torch.bool)
+    losses = torch.zeros(rows, dtype=torch.float32)
+    # the first block's product overwrites accf (beta=0), so no memset
+    accf = torch.empty_like(Wc) if cols > blocksize else None
+    prune_blk = torch.empty(rows, blocksize, dtype=torch.uint8) if n_prune == 0 else None
+    # (W_b - Q_b) J of one block for the trailing update, and the block's updated weights W1:
+    # neither is needed when the first block is the last
+    dflip = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None
+    w1buf = torch.empty(rows, blocksize, dtype=torch.float32) if cols > blocksize else None
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        full = count == blocksize  # only the last block can be partial
+        f1, f2 = cols - i2, cols - i1
+        eye = torch.eye(count, dtype=torch.float32)
+        Linv = torch.linalg.solve_triangular(L[f1:f2, f1:f2].tril(), eye, upper=False)
+        Ubb = Linv.flip(0, 1).contiguous()  # U_bb = T_bb^-1 = J L_bb^-1 J
+        Wb = Wc[:, i1:i2]
+        # acc_b U_bb = (accf_b J)(J Linv J) = accf_b (Linv J)
+        if i1 == 0:
+            W1 = Wb
+        else:  # into the reused buffer where the block is full
+            W1 = torch.addmm(Wb, accf[:, f1:f2], Linv.flip(1), out=w1buf if full else None)
+        prune = None
+        if n_prune == 0:
+            prune = prune_blk if full else torch.empty(rows, count, dtype=torch.uint8)
+            k = int(rows * count * sparsity)  # llm-compressor's per-block count (k+1 tie rule)
+            _native.block_prune_mask(W1, Ubb, k, prune)
+        last = i2 == cols
+        # Q goes into W's block, whose original values give D J = (W_b - Q_b) J; keep goes into
+        # the bool mask (one byte, 0/1)
+        dflip_b = None if last else dflip
+        _native.obs_block(W1, Ubb, prune, n_prune, m, keep[:, i1:i2], losses, Wb, dflip_b)
+        if not last:
+            # acc[:, i2:] += D T[i1:i2, i2:]  <=>  accf[:, :f1] += (D J) L[f1:f2, :f1]
+            accf[:, :f1].addmm_(dflip, L[f1:f2, :f1], beta=0 if i1 == 0 else 1)
+    return Wc, keep, float(losses.sum().item()), damping

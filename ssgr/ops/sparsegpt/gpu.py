@@ -1,0 +1,119 @@
+"""The GPU backends of ``sparsegpt``: one host loop (:func:`blocked_sparsegpt`) around a fused
+OBS block kernel, ``triton`` (``ssgr.kernels.sparsegpt``) or ``cuda`` (``ssgr._cuda``,
+csrc/sparsegpt.cu: blocks of at most 128 columns, N:M groups of at most ``obs_max_m()``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ssgr.errors import InputError
+
+from .. import _gpu
+from .._registry import register
+from ._common import damped, prepare
+
+#: Largest block (columns) of the cuda OBS kernel.
+CUDA_MAX_BLOCK = 128
+
+
+def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """``T[c, c]`` upper triangular with ``T = U^-1`` (U = upper Cholesky of ``(H + damp I)^-1``):
+    ``H + damp I = T T^T``, i.e. ``T = J chol(J (H + damp I) J) J``."""
+    Hf = H.flip(0, 1)  # a copy; damping the diagonal commutes with the flip
+    Hf.diagonal().add_(damp)
+    L = torch.linalg.cholesky(Hf)
+    del Hf
+    return L.flip(0, 1)
+
+
+def unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """uint8 ``[r, b]`` prune mask of one block, for both GPU backends: every ``w^2 / U_ii^2`` <=
+    the ``int(numel * sparsity)``-th smallest (0-based; ties prune more), as the reference's
+    sort, found with ``kthvalue`` (the cpu backend applies the same rule by a radix select,
+    ``block_prune_mask_f32`` in csrc/sparsegpt.cpp)."""
+    tmp = W1**2 / (torch.diag(Ubb).reshape((1, -1))) ** 2
+    k = int(tmp.numel() * sparsity)
+    thresh = torch.kthvalue(tmp.flatten(), k + 1).values
+    return (tmp <= thresh).to(torch.uint8).contiguous()
+
+
+#: ``block_fn(W1, U_bb, prune, n_prune, m, keep, err, losses)``: one fused OBS block in place.
+BlockFn = Callable[
+    [torch.Tensor, torch.Tensor, "torch.Tensor | None", int, int, torch.Tensor, torch.Tensor,
+     torch.Tensor], None,
+]
+
+
+def blocked_sparsegpt(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float, block_fn: BlockFn,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """SparseGPT on ``W[r, c]`` with ``H[c, c]`` in fp32 around a fused block kernel (shared by the
+    triton and cuda backends). torch.linalg (cuSOLVER on a GPU) factors the damped H with the
+    retries of :func:`ssgr.ops.sparsegpt._common.damped`: ``T = U^-1`` from one Cholesky, ``U``
+    from one triangular solve. Per block: the unstructured prune mask (a threshold over the whole
+    block, in torch), ``block_fn(W1, U_bb, prune, n_prune, m, keep, err, losses)`` (the fused
+    column loop, in place), then the trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` (one
+    GEMM). Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``."""
+    Wc, Hc = prepare(W, H, torch.float32)
+    T, damping = damped(Hc, percdamp, _inverse_factor_flipped)
+    del Hc
+    rows, cols = Wc.shape
+    eye = torch.eye(cols, dtype=torch.float32, device=Wc.device)
+    U = torch.linalg.solve_triangular(T, eye, upper=True).contiguous()  # row-major
+    del T, eye
+    keep = torch.empty(rows, cols, dtype=torch.bool, device=Wc.device)
+    losses = torch.zeros(rows, dtype=torch.float32, device=Wc.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        W1 = Wc[:, i1:i2]
+        Ub = U[i1:i2, i1:i2]
+        prune = unstructured_prune(W1, Ub, sparsity) if n_prune == 0 else None
+        kb = torch.empty(rows, count, dtype=torch.uint8, device=Wc.device)
+        eb = torch.empty(rows, count, dtype=torch.float32, device=Wc.device)
+        block_fn(W1, Ub, prune, n_prune, m, kb, eb, losses)
+        keep[:, i1:i2] = kb.bool()
+        if i2 < cols:
+            Wc[:, i2:].addmm_(eb, U[i1:i2, i2:], alpha=-1)
+    return Wc, keep, float(losses.sum().item()), damping
+
+
+@register("sparsegpt", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe)
+def sparsegpt_triton(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """SparseGPT with the fused Triton OBS block kernel (see :func:`blocked_sparsegpt`)."""
+    obs_block = _gpu.triton_kernels("sparsegpt").obs_block
+    return blocked_sparsegpt(W, H, sparsity, n_prune, m, blocksize, percdamp, obs_block)
+
+
+def _cuda_obs_block(W1, U, prune, n_prune, m, keep, err, losses) -> None:
+    rows = W1.shape[0]
+    sms = torch.cuda.get_device_properties(W1.device).multi_processor_count
+    per_block = 64 if rows >= 64 * 2 * sms else 32
+    _gpu.cuda_lib().obs_block(W1, U, prune, n_prune, m, keep, err, losses, per_block)
+
+
+@register("sparsegpt", "cuda", devices=("cuda",), probe=_gpu.cuda_probe)
+def sparsegpt_cuda(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """SparseGPT with the fused CUDA OBS block kernel (see :func:`blocked_sparsegpt`). Raises
+    InputError for a blocksize or N:M group the kernel does not take."""
+    if blocksize > CUDA_MAX_BLOCK:
+        raise InputError(
+            f"the cuda backend runs blocks of at most {CUDA_MAX_BLOCK} columns (got blocksize="
+            f"{blocksize}); use blocksize<={CUDA_MAX_BLOCK} or backend='triton'"
+        )
+    max_m = _gpu.cuda_lib().obs_max_m()
+    if n_prune > 0 and m > max_m:
+        raise InputError(
+            f"the cuda backend selects N:M groups of at most {max_m} (got m={m}); "
+            "use backend='triton'"
+        )
+    return blocked_sparsegpt(W, H, sparsity, n_prune, m, blocksize, percdamp, _cuda_obs_block)
