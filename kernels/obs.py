@@ -13,7 +13,9 @@ block) while it runs, for each column ``i``:
   ``W1[:, j] -= err * U[i, j]`` for ``j > i``.
 
 No FMA contraction (``enable_fp_fusion=False``): each update rounds like the reference's
-multiply then subtract. It writes the pruned block ``Q`` over ``W1``, the keep mask,
+multiply then subtract. Divisions are ``tl.math.div_rn`` (IEEE round-to-nearest, like
+``__fdiv_rn`` in the CUDA twin ``csrc/obs.cu``): Triton lowers ``/`` on fp32 to an approximate
+division (``div.full.f32``). It writes the pruned block ``Q`` over ``W1``, the keep mask,
 ``Err[rows, count]`` and adds
 ``loss / 2`` per row. The trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` is one GEMM, done by
 the caller (:func:`ssgr.ops._triton.sparsegpt`).
@@ -60,7 +62,7 @@ def _obs_block_kernel(
     for i in range(count):
         if NM:
             if i % M == 0:
-                S = W * W / d2[None, :]
+                S = tl.math.div_rn(W * W, d2[None, :])
                 grp = (col >= i) & (col < i + M) & cm
                 rank = tl.zeros((BR, BC), dtype=tl.int32)
                 for k in tl.static_range(M):
@@ -75,8 +77,8 @@ def _obs_block_kernel(
         d = tl.load(u_ptr + i * stride_u + i).to(tl.float32)
         q = tl.where(p != 0, 0.0, w)
         diff = w - q
-        loss += (diff * diff) / (d * d)
-        e = diff / d
+        loss += tl.math.div_rn(diff * diff, d * d)
+        e = tl.math.div_rn(diff, d)
         urow = tl.load(u_ptr + i * stride_u + col, mask=cm & (col > i), other=0.0).to(tl.float32)
         W = tl.where(col[None, :] > i, W - e[:, None] * urow[None, :], W)
         W = tl.where(sel, q[:, None], W)
@@ -85,7 +87,7 @@ def _obs_block_kernel(
     tl.store(keep_ptr + r64[:, None] * count + col[None, :], (P == 0).to(tl.uint8), mask=m2)
     tl.store(err_ptr + r64[:, None] * count + col[None, :], E, mask=m2)
     acc = tl.load(loss_ptr + r, mask=rm, other=0.0)
-    tl.store(loss_ptr + r, acc + loss / 2.0, mask=rm)
+    tl.store(loss_ptr + r, acc + tl.math.div_rn(loss, 2.0), mask=rm)
 
 
 def obs_block(
