@@ -141,22 +141,29 @@ def _xtx_kernel(
 
 
 @triton.jit
+def _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, ROFF: tl.constexpr,
+                 COFF: tl.constexpr, BH: tl.constexpr, BM: tl.constexpr):
+    """Sum one quarter of the ``n_splits`` partial tiles in split order and add it to H."""
+    lq = tl.arange(0, BH)
+    loc = (ROFF + lq)[:, None] * BM + (COFF + lq)[None, :]
+    acc = tl.zeros((BH, BH), dtype=tl.float32)
+    for s in range(n_splits):
+        acc += tl.load(ws_ptr + (s * n_tiles + tile).to(tl.int64) * BM * BM + loc)
+    _store_part(h_ptr, acc, bi, bj, D, ROFF, COFF, BH, BM)
+
+
+@triton.jit
 def _reduce_kernel(ws_ptr, h_ptr, ti_ptr, tj_ptr, D, n_tiles, n_splits, BM: tl.constexpr):
-    """Sum the ``n_splits`` partial tiles of one tile in split order, one quarter at a time, then
-    add the quarter to H (deterministic)."""
+    """Sum the ``n_splits`` partial tiles of one tile in split order, one quarter at a time, and
+    add them to H (deterministic)."""
     BH: tl.constexpr = BM // 2
     tile = tl.program_id(0)
     bi = tl.load(ti_ptr + tile)
     bj = tl.load(tj_ptr + tile)
-    lq = tl.arange(0, BH)
-    for q in tl.static_range(4):
-        roff: tl.constexpr = (q // 2) * BH
-        coff: tl.constexpr = (q % 2) * BH
-        loc = (roff + lq)[:, None] * BM + (coff + lq)[None, :]
-        acc = tl.zeros((BH, BH), dtype=tl.float32)
-        for s in range(n_splits):
-            acc += tl.load(ws_ptr + (s * n_tiles + tile).to(tl.int64) * BM * BM + loc)
-        _store_part(h_ptr, acc, bi, bj, D, roff, coff, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, 0, 0, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, 0, BH, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, BH, 0, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, BH, BH, BH, BM)
 
 
 @functools.lru_cache(maxsize=32)

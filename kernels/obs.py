@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["obs_block", "interpreting"]
+__all__ = ["obs_block", "gpu_config", "interpreting"]
 
 
 def interpreting() -> bool:
@@ -90,6 +90,14 @@ def _obs_block_kernel(
     tl.store(loss_ptr + r, acc + tl.math.div_rn(loss, 2.0), mask=rm)
 
 
+def gpu_config(count: int) -> dict[str, int | bool]:
+    """Launch configuration of :func:`obs_block` on a GPU for a block of ``count`` columns:
+    ``BC`` (columns held, a power of two >= 16), ``BR`` (rows per program), warps, and no FMA
+    contraction. The one place the launcher and ``benchmarks/sm90_static.py`` read it from."""
+    bc = max(16, triton.next_power_of_2(count))
+    return dict(BR=16 if bc <= 128 else 8, BC=bc, num_warps=4, enable_fp_fusion=False)
+
+
 def obs_block(
     W1: torch.Tensor,
     U: torch.Tensor,
@@ -120,16 +128,13 @@ def obs_block(
     nm = n_prune > 0
     if nm == (prune is not None):
         raise ValueError("give a prune mask for unstructured blocks and none for N:M")
-    bc = max(16, triton.next_power_of_2(count))
     if interpreting():
-        br = max(16, min(64, triton.next_power_of_2(rows)))
-        warps = 4
+        cfg = dict(BR=max(16, min(64, triton.next_power_of_2(rows))),
+                   BC=max(16, triton.next_power_of_2(count)), num_warps=4)
     else:
-        br = 16 if bc <= 128 else 8
-        warps = 4
-    grid = (triton.cdiv(rows, br),)
+        cfg = gpu_config(count)
+    grid = (triton.cdiv(rows, cfg["BR"]),)
     _obs_block_kernel[grid](
         W1, W1.stride(0), U, U.stride(0), prune if prune is not None else keep, keep, err, losses,
-        rows, count, n_prune, M=max(m, 1), NM=nm, BR=br, BC=bc, num_warps=warps,
-        **({} if interpreting() else {"enable_fp_fusion": False}),
+        rows, count, n_prune, M=max(m, 1), NM=nm, **cfg,
     )
