@@ -425,8 +425,6 @@ def _demangle(names: list[str]) -> dict[str, str]:
 
 def compile_cuda(path: Path, nvcc: str) -> list[Row]:
     """Compile one ``csrc/*.cu`` for sm_90a (``make cuda-check``'s flags) and read every kernel."""
-    import triton  # noqa: F401  (only for its bundled cuobjdump)
-
     _, cuobjdump = _triton_tools()
     source = path.read_text()
     kernels = cuda_kernels(source)
@@ -518,7 +516,9 @@ def run(only: str | None = None, jobs: int | None = None) -> list[Row]:
     if nvcc is None:
         raise RuntimeError("nvcc is not on PATH (set NVCC): the CUDA sources cannot be checked")
     for path in cu:
-        rows += [r for r in compile_cuda(path, nvcc) if only is None or only in r.kernel]
+        names = [f"{path.name}:{k}" for k in cuda_kernels(path.read_text())]
+        if only is None or any(only in n for n in names):
+            rows += [r for r in compile_cuda(path, nvcc) if only is None or only in r.kernel]
     return rows
 
 
