@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -251,7 +252,12 @@ def triton_configs() -> list[TritonConfig]:
     and every top-k block width.
     """
     import torch
-    from ssgr.kernels import hessian, obs
+    from ssgr.kernels import hessian
+
+    # the SparseGPT block kernel's module: kernels/sparsegpt.py, or kernels/obs.py before the rename
+    sgpt_name = next(n for n in ("sparsegpt", "obs")
+                     if importlib.util.find_spec(f"ssgr.kernels.{n}") is not None)
+    sgpt = importlib.import_module(f"ssgr.kernels.{sgpt_name}")
 
     cfgs: list[TritonConfig] = []
     # kernels/hessian.py: _config() reads GPU_CONFIGS; hessian_accumulate passes TO_WS = split > 1
@@ -272,13 +278,13 @@ def triton_configs() -> list[TritonConfig]:
             {"ws_ptr": "fp32", "h_ptr": "fp32", "ti_ptr": "i32", "tj_ptr": "i32"},
             dict(BM=bm), {"num_warps": hessian.REDUCE_WARPS},
         ))
-    # kernels/obs.py: obs_block -> gpu_config(count), M = max(m, 1), NM = n_prune > 0
+    # kernels/{sparsegpt,obs}.py: obs_block -> gpu_config(count), M = max(m, 1), NM = n_prune > 0
     for count in (16, 32, 64, 128, 256):
-        gc = obs.gpu_config(count)
+        gc = sgpt.gpu_config(count)
         opts = {k: v for k, v in gc.items() if k not in ("BR", "BC")}
         for nm, m in ((False, 1), (True, 4), (True, 8)):
             cfgs.append(_cfg(
-                "obs", "_obs_block_kernel",
+                sgpt_name, "_obs_block_kernel",
                 {"w_ptr": "fp32", "u_ptr": "fp32", "prune_ptr": "u8", "keep_ptr": "u8",
                  "err_ptr": "fp32", "loss_ptr": "fp32"},
                 dict(M=m, NM=nm, BR=gc["BR"], BC=gc["BC"]), opts,
