@@ -4,9 +4,8 @@
 //
 // One block computes one 64x64 tile of the upper triangle (bi <= bj) over a range of tokens. The
 // tile is added to H[bi, bj] and its transpose to H[bj, bi]; diagonal tiles are symmetrised first,
-// so H stays exactly symmetric. Diagonal tiles also add their diagonal (the column squared norms)
-// to sq[d] when given. With splits > 1 the partial tiles go to a workspace and a second kernel
-// sums them in split order: deterministic, no atomics.
+// so H stays exactly symmetric. With splits > 1 the partial tiles go to a workspace and a second
+// kernel sums them in split order: deterministic, no atomics.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -34,9 +33,8 @@ __device__ inline void upper_tile(int64_t tile, int nt, int& bi, int& bj) {
   bj = i + static_cast<int>(rem);
 }
 
-// C (TILE x (TILE + 4) floats in shared memory) into H and sq.
-__device__ void store_tile(const float* C, int ldc, float* H, float* sq, int bi, int bj,
-                           int64_t D) {
+// C (TILE x (TILE + 4) floats in shared memory) into H.
+__device__ void store_tile(const float* C, int ldc, float* H, int bi, int bj, int64_t D) {
   const int64_t r0 = static_cast<int64_t>(bi) * TILE, c0 = static_cast<int64_t>(bj) * TILE;
   for (int idx = threadIdx.x; idx < TILE * TILE; idx += blockDim.x) {
     const int lr = idx / TILE, lc = idx % TILE;
@@ -45,7 +43,6 @@ __device__ void store_tile(const float* C, int ldc, float* H, float* sq, int bi,
     if (bi == bj) {
       const float v = lr <= lc ? C[lr * ldc + lc] : C[lc * ldc + lr];
       H[r * D + c] += v;
-      if (sq != nullptr && lr == lc) sq[r] += v;
     } else {
       const float v = C[lr * ldc + lc];
       H[r * D + c] += v;
@@ -69,13 +66,12 @@ __device__ inline void stage_tiles(const T* __restrict__ X, int64_t ldx, int64_t
   }
 }
 
-// The finished tile C (shared, row stride TILE + 4): added into H / sq when there is one split,
-// else written to split s's slot of the workspace for reduce_kernel.
-__device__ inline void finish_tile(const float* C, float* H, float* sq, float* ws, int split,
-                                   int s, int64_t n_tiles, int64_t tile, int bi, int bj,
-                                   int64_t D) {
+// The finished tile C (shared, row stride TILE + 4): added into H when there is one split, else
+// written to split s's slot of the workspace for reduce_kernel.
+__device__ inline void finish_tile(const float* C, float* H, float* ws, int split, int s,
+                                   int64_t n_tiles, int64_t tile, int bi, int bj, int64_t D) {
   if (split == 1) {
-    store_tile(C, TILE + 4, H, sq, bi, bj, D);
+    store_tile(C, TILE + 4, H, bi, bj, D);
     return;
   }
   float* out = ws + (static_cast<int64_t>(s) * n_tiles + tile) * TILE * TILE;
@@ -95,7 +91,7 @@ template <typename T>
 __global__ void __launch_bounds__(128) xtx_wmma_kernel(const T* __restrict__ X, int64_t T_,
                                                        int64_t D, int64_t ldx, int64_t per_split,
                                                        int nt, int64_t n_tiles, float* H,
-                                                       float* sq, float* ws, int split) {
+                                                       float* ws, int split) {
   using namespace nvcuda;
   __shared__ __align__(32) T sa[BK][TILE + PAD];
   __shared__ __align__(32) T sb[BK][TILE + PAD];
@@ -131,14 +127,14 @@ __global__ void __launch_bounds__(128) xtx_wmma_kernel(const T* __restrict__ X, 
       wmma::store_matrix_sync(&sc[wr + 16 * i][wc + 16 * j], acc[i][j], TILE + 4,
                               wmma::mem_row_major);
   __syncthreads();
-  finish_tile(&sc[0][0], H, sq, ws, split, s, n_tiles, tile, bi, bj, D);
+  finish_tile(&sc[0][0], H, ws, split, s, n_tiles, tile, bi, bj, D);
 }
 
 // fp32 tile on CUDA cores: 256 threads, 4x4 outputs each, IEEE fp32 FMA accumulation.
 __global__ void __launch_bounds__(256) xtx_f32_kernel(const float* __restrict__ X, int64_t T_,
                                                       int64_t D, int64_t ldx, int64_t per_split,
                                                       int nt, int64_t n_tiles, float* H,
-                                                      float* sq, float* ws, int split) {
+                                                      float* ws, int split) {
   __shared__ float sa[BK][TILE];
   __shared__ float sb[BK][TILE];
   __shared__ float sc[TILE][TILE + 4];
@@ -167,12 +163,12 @@ __global__ void __launch_bounds__(256) xtx_f32_kernel(const float* __restrict__ 
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) sc[ty + 16 * i][tx + 16 * j] = acc[i][j];
   __syncthreads();
-  finish_tile(&sc[0][0], H, sq, ws, split, s, n_tiles, tile, bi, bj, D);
+  finish_tile(&sc[0][0], H, ws, split, s, n_tiles, tile, bi, bj, D);
 }
 
 __global__ void __launch_bounds__(256) reduce_kernel(const float* __restrict__ ws, int split,
-                                                     int nt, int64_t n_tiles, int64_t D, float* H,
-                                                     float* sq) {
+                                                     int nt, int64_t n_tiles, int64_t D,
+                                                     float* H) {
   __shared__ float sc[TILE][TILE + 4];
   const int64_t tile = blockIdx.x;
   int bi, bj;
@@ -184,7 +180,7 @@ __global__ void __launch_bounds__(256) reduce_kernel(const float* __restrict__ w
     sc[idx / TILE][idx % TILE] = v;
   }
   __syncthreads();
-  store_tile(&sc[0][0], TILE + 4, H, sq, bi, bj, D);
+  store_tile(&sc[0][0], TILE + 4, H, bi, bj, D);
 }
 
 }  // namespace
@@ -193,7 +189,7 @@ int64_t hessian_tile() { return TILE; }
 
 // dtype: 0 = fp32, 1 = fp16, 2 = bf16. ws: split * n_tiles * TILE * TILE floats when split > 1.
 cudaError_t hessian_accumulate(const void* X, int dtype, int64_t tokens, int64_t d, int64_t ldx,
-                               float* H, float* sq, float* ws, int split, cudaStream_t stream) {
+                               float* H, float* ws, int split, cudaStream_t stream) {
   if (tokens == 0 || d == 0) return cudaSuccess;
   const int nt = static_cast<int>((d + TILE - 1) / TILE);
   const int64_t n_tiles = static_cast<int64_t>(nt) * (nt + 1) / 2;
@@ -201,22 +197,19 @@ cudaError_t hessian_accumulate(const void* X, int dtype, int64_t tokens, int64_t
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(split));
   if (dtype == 0) {
     xtx_f32_kernel<<<grid, 256, 0, stream>>>(static_cast<const float*>(X), tokens, d, ldx,
-                                             per_split, nt, n_tiles, H, sq, ws, split);
+                                             per_split, nt, n_tiles, H, ws, split);
   } else if (dtype == 1) {
     xtx_wmma_kernel<__half><<<grid, 128, 0, stream>>>(static_cast<const __half*>(X), tokens, d,
-                                                      ldx, per_split, nt, n_tiles, H, sq, ws,
-                                                      split);
+                                                      ldx, per_split, nt, n_tiles, H, ws, split);
   } else if (dtype == 2) {
     xtx_wmma_kernel<__nv_bfloat16><<<grid, 128, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(X), tokens, d, ldx, per_split, nt, n_tiles, H, sq, ws,
-        split);
+        static_cast<const __nv_bfloat16*>(X), tokens, d, ldx, per_split, nt, n_tiles, H, ws, split);
   } else {
     return cudaErrorInvalidValue;
   }
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || split == 1) return err;
-  reduce_kernel<<<static_cast<unsigned>(n_tiles), 256, 0, stream>>>(ws, split, nt, n_tiles, d, H,
-                                                                    sq);
+  reduce_kernel<<<static_cast<unsigned>(n_tiles), 256, 0, stream>>>(ws, split, nt, n_tiles, d, H);
   return cudaGetLastError();
 }
 

@@ -4,8 +4,16 @@ One program owns one ``BM x BM`` tile of the upper triangle (``bi <= bj``) and a
 it streams its two column panels of X through ``tl.dot`` (tensor cores for bf16/fp16 with fp32
 accumulation; IEEE fp32 FMA for fp32 X, so fp32 accuracy is kept) and adds the tile to ``H[bi, bj]``
 and its transpose to ``H[bj, bi]``: only upper tiles are computed and H stays exactly symmetric
-(diagonal tiles are symmetrised before the store). The diagonal tiles also add their diagonal, the
-column squared norms, into an optional ``sq[d]`` in the same pass.
+(a diagonal tile adds its upper triangle, diagonal included, in place and its strict upper
+triangle transposed).
+
+The tile is held as four ``BM/2 x BM/2`` quarters (four accumulators, four ``tl.dot`` per step
+on two row and two column half-panels) and the epilogue adds one quarter at a time to H (64-bit
+tile base, 32-bit offsets inside it). Holding the whole tile in the epilogue (accumulator, loaded
+H tile and their addresses live at once, and the transposed copy) compiled, for bf16 at
+``BM=128, BK=64``, 8 warps, to 255 registers with spills on sm_90a; the quarters compile to 236
+registers without spills (static ptxas output: ``benchmarks/sm90_static.py``,
+``benchmarks/results/sm90a-static.md``; no GPU has run this kernel).
 
 Any token count is one call. When there are few tiles for the device (small d), the tokens are
 split over ``splits`` programs per tile whose partial tiles go to a workspace and are summed in a
@@ -25,7 +33,17 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["hessian_accumulate", "default_splits", "interpreting"]
+__all__ = ["hessian_accumulate", "default_splits", "interpreting", "GPU_CONFIGS"]
+
+#: Launch configuration per X dtype on a GPU, the one place :func:`_config` (the launcher) and
+#: ``benchmarks/sm90_static.py`` (the static sm_90a check) read it from.
+GPU_CONFIGS: dict[torch.dtype, dict[str, int]] = {
+    torch.float32: dict(BM=64, BK=32, num_warps=4, num_stages=3),  # IEEE fp32: CUDA-core FMA
+    torch.float16: dict(BM=128, BK=64, num_warps=8, num_stages=3),
+    torch.bfloat16: dict(BM=128, BK=64, num_warps=8, num_stages=3),
+}
+#: Warps of the split-reduction kernel.
+REDUCE_WARPS = 8
 
 
 def interpreting() -> bool:
@@ -34,89 +52,120 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _store_tile(h_ptr, sq_ptr, acc, bi, bj, D, BM: tl.constexpr, HAS_SQ: tl.constexpr):
-    """``H[bi, bj] += acc``, ``H[bj, bi] += acc^T`` (diagonal tiles: symmetrised acc once)."""
-    r = bi * BM + tl.arange(0, BM)
-    c = bj * BM + tl.arange(0, BM)
-    rm = r < D
-    cm = c < D
-    m2 = rm[:, None] & cm[None, :]
-    up = r.to(tl.int64)[:, None] * D + c[None, :]
-    if bi == bj:
-        local_r = tl.arange(0, BM)[:, None]
-        local_c = tl.arange(0, BM)[None, :]
-        sym = tl.where(local_r <= local_c, acc, tl.trans(acc))
-        h = tl.load(h_ptr + up, mask=m2, other=0.0)
-        tl.store(h_ptr + up, h + sym, mask=m2)
-        if HAS_SQ:
-            diag = tl.sum(tl.where(local_r == local_c, acc, 0.0), axis=1)
-            s = tl.load(sq_ptr + r, mask=rm, other=0.0)
-            tl.store(sq_ptr + r, s + diag, mask=rm)
-    else:
-        h = tl.load(h_ptr + up, mask=m2, other=0.0)
-        tl.store(h_ptr + up, h + acc, mask=m2)
-        lo = c.to(tl.int64)[:, None] * D + r[None, :]
-        m2t = cm[:, None] & rm[None, :]
-        ht = tl.load(h_ptr + lo, mask=m2t, other=0.0)
-        tl.store(h_ptr + lo, ht + tl.trans(acc), mask=m2t)
+def _store_part(h_ptr, acc, bi, bj, D, ROFF: tl.constexpr, COFF: tl.constexpr, BH: tl.constexpr,
+                BM: tl.constexpr):
+    """Add the quarter ``acc[BH, BH]`` (tile rows ``ROFF + [0, BH)``, columns ``COFF + [0, BH)``)
+    of tile ``(bi, bj)`` to ``H[bi, bj]`` and its transpose to ``H[bj, bi]``; on a diagonal tile
+    only the upper triangle (diagonal included) goes in place and the strict upper triangle
+    transposed. Addresses are a 64-bit tile base plus 32-bit offsets inside the tile
+    (``BM * D < 2^31``)."""
+    lr = ROFF + tl.arange(0, BH)
+    lc = COFF + tl.arange(0, BH)
+    r = bi * BM + lr
+    c = bj * BM + lc
+    off_diag = bi != bj
+    up_base = h_ptr + (bi * BM).to(tl.int64) * D + bj * BM
+    lo_base = h_ptr + (bj * BM).to(tl.int64) * D + bi * BM
+    m_up = (r < D)[:, None] & (c < D)[None, :] & ((lr[:, None] <= lc[None, :]) | off_diag)
+    up = up_base + (lr[:, None] * D + lc[None, :])
+    h = tl.load(up, mask=m_up, other=0.0)
+    tl.store(up, h + acc, mask=m_up)
+    m_lo = (c < D)[:, None] & (r < D)[None, :] & ((lc[:, None] > lr[None, :]) | off_diag)
+    lo = lo_base + (lc[:, None] * D + lr[None, :])
+    ht = tl.load(lo, mask=m_lo, other=0.0)
+    tl.store(lo, ht + tl.trans(acc), mask=m_lo)
 
 
 @triton.jit
 def _xtx_kernel(
-    x_ptr, h_ptr, sq_ptr, ws_ptr, ti_ptr, tj_ptr,
+    x_ptr, h_ptr, ws_ptr, ti_ptr, tj_ptr,
     T, D, stride_t, stride_d, per_split, n_tiles,
-    BM: tl.constexpr, BK: tl.constexpr, SPLIT: tl.constexpr, HAS_SQ: tl.constexpr,
+    BM: tl.constexpr, BK: tl.constexpr, TO_WS: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
+    """Tile ``(ti[p0], tj[p0])`` of ``X^T X`` over tokens ``[p1 * per_split, ..)`` as four
+    ``BM/2 x BM/2`` quarters; added to H, or (``TO_WS``, several splits) written to slot
+    ``(p1, p0)`` of the workspace ``ws[splits, n_tiles, BM, BM]``."""
+    BH: tl.constexpr = BM // 2
     tile = tl.program_id(0)
     s = tl.program_id(1)
     bi = tl.load(ti_ptr + tile)
     bj = tl.load(tj_ptr + tile)
-    r = bi * BM + tl.arange(0, BM)
-    c = bj * BM + tl.arange(0, BM)
-    rm = r < D
-    cm = c < D
+    r0 = bi * BM + tl.arange(0, BH)
+    r1 = r0 + BH
+    c0 = bj * BM + tl.arange(0, BH)
+    c1 = c0 + BH
     t0 = s * per_split
     t1 = tl.minimum(t0 + per_split, T)
-    acc = tl.zeros((BM, BM), dtype=tl.float32)
+    acc00 = tl.zeros((BH, BH), dtype=tl.float32)
+    acc01 = tl.zeros((BH, BH), dtype=tl.float32)
+    acc10 = tl.zeros((BH, BH), dtype=tl.float32)
+    acc11 = tl.zeros((BH, BH), dtype=tl.float32)
     for t in range(t0, t1, BK):
         tk = t + tl.arange(0, BK)
         tm = tk < t1
         toff = tk.to(tl.int64) * stride_t
-        a = tl.load(x_ptr + r[:, None] * stride_d + toff[None, :],
-                    mask=rm[:, None] & tm[None, :], other=0.0)  # [BM, BK] = X[t, rows]^T
-        b = tl.load(x_ptr + toff[:, None] + c[None, :] * stride_d,
-                    mask=tm[:, None] & cm[None, :], other=0.0)  # [BK, BM] = X[t, cols]
+        a0 = tl.load(x_ptr + r0[:, None] * stride_d + toff[None, :],
+                     mask=(r0 < D)[:, None] & tm[None, :], other=0.0)
+        a1 = tl.load(x_ptr + r1[:, None] * stride_d + toff[None, :],
+                     mask=(r1 < D)[:, None] & tm[None, :], other=0.0)
+        b0 = tl.load(x_ptr + toff[:, None] + c0[None, :] * stride_d,
+                     mask=tm[:, None] & (c0 < D)[None, :], other=0.0)
+        b1 = tl.load(x_ptr + toff[:, None] + c1[None, :] * stride_d,
+                     mask=tm[:, None] & (c1 < D)[None, :], other=0.0)
         if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+            a0 = a0.to(tl.float32)
+            a1 = a1.to(tl.float32)
+            b0 = b0.to(tl.float32)
+            b1 = b1.to(tl.float32)
         if IEEE:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
+            acc00 = tl.dot(a0, b0, acc00, input_precision="ieee")
+            acc01 = tl.dot(a0, b1, acc01, input_precision="ieee")
+            acc10 = tl.dot(a1, b0, acc10, input_precision="ieee")
+            acc11 = tl.dot(a1, b1, acc11, input_precision="ieee")
         else:
-            acc = tl.dot(a, b, acc)
-    if SPLIT == 1:
-        _store_tile(h_ptr, sq_ptr, acc, bi, bj, D, BM, HAS_SQ)
+            acc00 = tl.dot(a0, b0, acc00)
+            acc01 = tl.dot(a0, b1, acc01)
+            acc10 = tl.dot(a1, b0, acc10)
+            acc11 = tl.dot(a1, b1, acc11)
+    if not TO_WS:
+        _store_part(h_ptr, acc00, bi, bj, D, 0, 0, BH, BM)
+        _store_part(h_ptr, acc01, bi, bj, D, 0, BH, BH, BM)
+        _store_part(h_ptr, acc10, bi, bj, D, BH, 0, BH, BM)
+        _store_part(h_ptr, acc11, bi, bj, D, BH, BH, BH, BM)
     else:
-        loc = tl.arange(0, BM)
-        off = ((s * n_tiles + tile).to(tl.int64) * BM * BM + loc[:, None] * BM + loc[None, :])
-        tl.store(ws_ptr + off, acc)
+        lq = tl.arange(0, BH)
+        off = (s * n_tiles + tile).to(tl.int64) * BM * BM + lq[:, None] * BM + lq[None, :]
+        tl.store(ws_ptr + off, acc00)
+        tl.store(ws_ptr + off + BH, acc01)
+        tl.store(ws_ptr + off + BH * BM, acc10)
+        tl.store(ws_ptr + off + BH * BM + BH, acc11)
 
 
 @triton.jit
-def _reduce_kernel(
-    ws_ptr, h_ptr, sq_ptr, ti_ptr, tj_ptr, D, n_tiles,
-    BM: tl.constexpr, SPLIT: tl.constexpr, HAS_SQ: tl.constexpr,
-):
-    """Sum the SPLIT partial tiles of one tile in split order, then add to H (deterministic)."""
+def _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, ROFF: tl.constexpr,
+                 COFF: tl.constexpr, BH: tl.constexpr, BM: tl.constexpr):
+    """Sum one quarter of the ``n_splits`` partial tiles in split order and add it to H."""
+    lq = tl.arange(0, BH)
+    loc = (ROFF + lq)[:, None] * BM + (COFF + lq)[None, :]
+    acc = tl.zeros((BH, BH), dtype=tl.float32)
+    for s in range(n_splits):
+        acc += tl.load(ws_ptr + (s * n_tiles + tile).to(tl.int64) * BM * BM + loc)
+    _store_part(h_ptr, acc, bi, bj, D, ROFF, COFF, BH, BM)
+
+
+@triton.jit
+def _reduce_kernel(ws_ptr, h_ptr, ti_ptr, tj_ptr, D, n_tiles, n_splits, BM: tl.constexpr):
+    """Sum the ``n_splits`` partial tiles of one tile in split order, one quarter at a time, and
+    add them to H (deterministic)."""
+    BH: tl.constexpr = BM // 2
     tile = tl.program_id(0)
     bi = tl.load(ti_ptr + tile)
     bj = tl.load(tj_ptr + tile)
-    loc = tl.arange(0, BM)
-    acc = tl.zeros((BM, BM), dtype=tl.float32)
-    for s in range(SPLIT):
-        off = (s * n_tiles + tile).to(tl.int64) * BM * BM + loc[:, None] * BM + loc[None, :]
-        acc += tl.load(ws_ptr + off)
-    _store_tile(h_ptr, sq_ptr, acc, bi, bj, D, BM, HAS_SQ)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, 0, 0, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, 0, BH, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, BH, 0, BH, BM)
+    _reduce_part(ws_ptr, h_ptr, tile, bi, bj, D, n_tiles, n_splits, BH, BH, BH, BM)
 
 
 @functools.lru_cache(maxsize=32)
@@ -129,9 +178,7 @@ def _upper_tiles(nt: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 def _config(dtype: torch.dtype) -> dict:
     if interpreting():
         return dict(BM=32, BK=16, num_warps=4, num_stages=1)
-    if dtype == torch.float32:  # IEEE fp32: CUDA-core FMA, smaller tiles
-        return dict(BM=64, BK=32, num_warps=4, num_stages=3)
-    return dict(BM=128, BK=64, num_warps=8, num_stages=3)
+    return dict(GPU_CONFIGS.get(dtype, GPU_CONFIGS[torch.bfloat16]))
 
 
 def default_splits(tokens: int, d: int, dtype: torch.dtype, device: torch.device) -> int:
@@ -148,15 +195,12 @@ def default_splits(tokens: int, d: int, dtype: torch.dtype, device: torch.device
     return max(1, min(want, 64, tokens // (4 * cfg["BK"])))
 
 
-def hessian_accumulate(
-    H: torch.Tensor, X: torch.Tensor, sq: torch.Tensor | None = None, *, splits: int | None = None
-) -> None:
-    """``H[d, d] += X^T X`` (fp32, in place, symmetric) and ``sq[d] += sum_t X[t]^2`` if given.
+def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, splits: int | None = None) -> None:
+    """``H[d, d] += X^T X`` (fp32, in place, exactly symmetric).
 
     Args:
         H: ``[d, d]`` float32, contiguous.
         X: ``[t, d]`` bf16/fp16/fp32 (any strides).
-        sq: optional ``[d]`` float32 column squared norms, updated from the same pass.
         splits: token splits per tile (None: :func:`default_splits`).
     """
     T, D = X.shape
@@ -175,15 +219,13 @@ def hessian_accumulate(
         torch.empty(split, n_tiles, bm, bm, dtype=torch.float32, device=H.device)
         if split > 1 else H
     )
-    has_sq = sq is not None
-    sq_arg = sq if has_sq else H
     upcast = interpreting() and X.dtype != torch.float32
     ieee = X.dtype == torch.float32 or upcast
     _xtx_kernel[(n_tiles, split)](
-        X, H, sq_arg, ws, ti, tj, T, D, X.stride(0), X.stride(1), per_split, n_tiles,
-        BM=bm, SPLIT=split, HAS_SQ=has_sq, UPCAST=upcast, IEEE=ieee, **cfg,
+        X, H, ws, ti, tj, T, D, X.stride(0), X.stride(1), per_split, n_tiles,
+        BM=bm, TO_WS=split > 1, UPCAST=upcast, IEEE=ieee, **cfg,
     )
     if split > 1:
         _reduce_kernel[(n_tiles,)](
-            ws, H, sq_arg, ti, tj, D, n_tiles, BM=bm, SPLIT=split, HAS_SQ=has_sq, num_warps=4,
+            ws, H, ti, tj, D, n_tiles, split, BM=bm, num_warps=REDUCE_WARPS,
         )

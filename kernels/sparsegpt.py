@@ -13,7 +13,9 @@ block) while it runs, for each column ``i``:
   ``W1[:, j] -= err * U[i, j]`` for ``j > i``.
 
 No FMA contraction (``enable_fp_fusion=False``): each update rounds like the reference's
-multiply then subtract. It writes the pruned block ``Q`` over ``W1``, the keep mask,
+multiply then subtract. Divisions are ``tl.math.div_rn`` (IEEE round-to-nearest, like
+``__fdiv_rn`` in the CUDA twin ``csrc/obs.cu``): Triton lowers ``/`` on fp32 to an approximate
+division (``div.full.f32``). It writes the pruned block ``Q`` over ``W1``, the keep mask,
 ``Err[rows, count]`` and adds
 ``loss / 2`` per row. The trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` is one GEMM, done by
 the caller (:func:`ssgr.ops._triton.sparsegpt`).
@@ -27,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["obs_block", "interpreting"]
+__all__ = ["obs_block", "gpu_config", "interpreting"]
 
 
 def interpreting() -> bool:
@@ -60,7 +62,7 @@ def _obs_block_kernel(
     for i in range(count):
         if NM:
             if i % M == 0:
-                S = W * W / d2[None, :]
+                S = tl.math.div_rn(W * W, d2[None, :])
                 grp = (col >= i) & (col < i + M) & cm
                 rank = tl.zeros((BR, BC), dtype=tl.int32)
                 for k in tl.static_range(M):
@@ -75,8 +77,8 @@ def _obs_block_kernel(
         d = tl.load(u_ptr + i * stride_u + i).to(tl.float32)
         q = tl.where(p != 0, 0.0, w)
         diff = w - q
-        loss += (diff * diff) / (d * d)
-        e = diff / d
+        loss += tl.math.div_rn(diff * diff, d * d)
+        e = tl.math.div_rn(diff, d)
         urow = tl.load(u_ptr + i * stride_u + col, mask=cm & (col > i), other=0.0).to(tl.float32)
         W = tl.where(col[None, :] > i, W - e[:, None] * urow[None, :], W)
         W = tl.where(sel, q[:, None], W)
@@ -85,7 +87,15 @@ def _obs_block_kernel(
     tl.store(keep_ptr + r64[:, None] * count + col[None, :], (P == 0).to(tl.uint8), mask=m2)
     tl.store(err_ptr + r64[:, None] * count + col[None, :], E, mask=m2)
     acc = tl.load(loss_ptr + r, mask=rm, other=0.0)
-    tl.store(loss_ptr + r, acc + loss / 2.0, mask=rm)
+    tl.store(loss_ptr + r, acc + tl.math.div_rn(loss, 2.0), mask=rm)
+
+
+def gpu_config(count: int) -> dict[str, int | bool]:
+    """Launch configuration of :func:`obs_block` on a GPU for a block of ``count`` columns:
+    ``BC`` (columns held, a power of two >= 16), ``BR`` (rows per program), warps, and no FMA
+    contraction. The one place the launcher and ``benchmarks/sm90_static.py`` read it from."""
+    bc = max(16, triton.next_power_of_2(count))
+    return dict(BR=16 if bc <= 128 else 8, BC=bc, num_warps=4, enable_fp_fusion=False)
 
 
 def obs_block(
@@ -118,16 +128,13 @@ def obs_block(
     nm = n_prune > 0
     if nm == (prune is not None):
         raise ValueError("give a prune mask for unstructured blocks and none for N:M")
-    bc = max(16, triton.next_power_of_2(count))
     if interpreting():
-        br = max(16, min(64, triton.next_power_of_2(rows)))
-        warps = 4
+        cfg = dict(BR=max(16, min(64, triton.next_power_of_2(rows))),
+                   BC=max(16, triton.next_power_of_2(count)), num_warps=4)
     else:
-        br = 16 if bc <= 128 else 8
-        warps = 4
-    grid = (triton.cdiv(rows, br),)
+        cfg = gpu_config(count)
+    grid = (triton.cdiv(rows, cfg["BR"]),)
     _obs_block_kernel[grid](
         W1, W1.stride(0), U, U.stride(0), prune if prune is not None else keep, keep, err, losses,
-        rows, count, n_prune, M=max(m, 1), NM=nm, BR=br, BC=bc, num_warps=warps,
-        **({} if interpreting() else {"enable_fp_fusion": False}),
+        rows, count, n_prune, M=max(m, 1), NM=nm, **cfg,
     )
