@@ -15,7 +15,7 @@ Rules (a failing row makes the exit status 1):
 
 * **Spills.** ptxas reports spills per kernel, not per loop, and cannot show that a spill sits
   outside the main loop; so any spill store in a kernel fails it. The stack frame alone (local
-  arrays, e.g. the per-thread group scores of ``csrc/obs.cu``) is reported, not failed.
+  arrays, e.g. the per-thread group scores of ``csrc/sparsegpt.cu``) is reported, not failed.
 * **Tensor cores.** A Triton config claims tensor cores when its kernel's source calls ``tl.dot``
   and the config's operands are bf16/fp16 (fp32 operands go through IEEE FMA on purpose). A CUDA
   kernel claims them when its own body uses WMMA (``wmma::mma_sync``) or inline ``mma`` /
@@ -253,11 +253,7 @@ def triton_configs() -> list[TritonConfig]:
     """
     import torch
     from ssgr.kernels import hessian
-
-    # the SparseGPT block kernel's module: kernels/sparsegpt.py, or kernels/obs.py before the rename
-    sgpt_name = next(n for n in ("sparsegpt", "obs")
-                     if importlib.util.find_spec(f"ssgr.kernels.{n}") is not None)
-    sgpt = importlib.import_module(f"ssgr.kernels.{sgpt_name}")
+    from ssgr.kernels import sparsegpt as sgpt
 
     cfgs: list[TritonConfig] = []
     # kernels/hessian.py: _config() reads GPU_CONFIGS; hessian_accumulate passes TO_WS = split > 1
@@ -278,13 +274,13 @@ def triton_configs() -> list[TritonConfig]:
             {"ws_ptr": "fp32", "h_ptr": "fp32", "ti_ptr": "i32", "tj_ptr": "i32"},
             dict(BM=bm), {"num_warps": hessian.REDUCE_WARPS},
         ))
-    # kernels/{sparsegpt,obs}.py: obs_block -> gpu_config(count), M = max(m, 1), NM = n_prune > 0
+    # kernels/sparsegpt.py: obs_block -> gpu_config(count), M = max(m, 1), NM = n_prune > 0
     for count in (16, 32, 64, 128, 256):
         gc = sgpt.gpu_config(count)
         opts = {k: v for k, v in gc.items() if k not in ("BR", "BC")}
         for nm, m in ((False, 1), (True, 4), (True, 8)):
             cfgs.append(_cfg(
-                sgpt_name, "_obs_block_kernel",
+                "sparsegpt", "_obs_block_kernel",
                 {"w_ptr": "fp32", "u_ptr": "fp32", "prune_ptr": "u8", "keep_ptr": "u8",
                  "err_ptr": "fp32", "loss_ptr": "fp32"},
                 dict(M=m, NM=nm, BR=gc["BR"], BC=gc["BC"]), opts,

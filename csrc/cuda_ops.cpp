@@ -13,7 +13,7 @@
 namespace ssgr_cuda {
 int64_t hessian_tile();
 cudaError_t hessian_accumulate(const void* X, int dtype, int64_t tokens, int64_t d, int64_t ldx,
-                               float* H, float* sq, float* ws, int split, cudaStream_t stream);
+                               float* H, float* ws, int split, cudaStream_t stream);
 int64_t obs_max_m();
 cudaError_t obs_block(float* W, int64_t ldw, const float* U, int64_t ldu, const uint8_t* prune,
                       int64_t rows, int count, int n_prune, int m, uint8_t* keep, float* err,
@@ -47,8 +47,8 @@ torch::Tensor rows_unit_stride(const torch::Tensor& t) {
   return t.stride(1) == 1 ? t : t.contiguous();
 }
 
-// H[d, d] += X^T X (fp32); splits > 1 use a workspace. The kernel's optional column-norm output
-// is not bound (nullptr): Wanda's norms come from HessianAccumulator.
+// H[d, d] += X^T X (fp32); splits > 1 use a workspace. Wanda's column norms come from
+// HessianAccumulator (the diagonal of H), not from this kernel.
 void hessian(torch::Tensor H, torch::Tensor X, int64_t splits) {
   TORCH_CHECK(H.is_cuda() && X.is_cuda(), "hessian: tensors must be on a CUDA device");
   TORCH_CHECK(H.scalar_type() == torch::kFloat32 && H.is_contiguous() && H.dim() == 2,
@@ -63,7 +63,7 @@ void hessian(torch::Tensor H, torch::Tensor X, int64_t splits) {
   torch::Tensor ws;
   if (split > 1) ws = torch::empty({split, n_tiles, tile, tile}, H.options());
   check(ssgr_cuda::hessian_accumulate(Xc.data_ptr(), dtype_code(Xc, false), Xc.size(0), d,
-                                      Xc.stride(0), H.data_ptr<float>(), nullptr,
+                                      Xc.stride(0), H.data_ptr<float>(),
                                       split > 1 ? ws.data_ptr<float>() : nullptr, split,
                                       c10::cuda::getCurrentCUDAStream().stream()),
         "hessian");

@@ -3,7 +3,7 @@
 // One thread block owns BR rows of one block of `count` (<= 128) columns and holds the block's
 // U[count, count] (upper Cholesky factor of the damped H^-1, diagonal block) and its rows of W in
 // shared memory; one thread owns one row (rows are independent inside a block), as the CPU kernel
-// csrc/obs.cpp. Per column i: N:M selection every m columns (the n_prune smallest w^2 / U_jj^2 of
+// csrc/sparsegpt.cpp. Per column i: N:M selection every m columns (the n_prune smallest w^2 / U_jj^2 of
 // the already-updated weights; ties prune the lower column) or the given unstructured prune mask,
 // q, err = (w - q) / U_ii, loss += (w - q)^2 / U_ii^2, w[j] -= err * U[i, j] for j > i.
 // Arithmetic uses the _rn intrinsics, so no FMA contraction and IEEE division even under

@@ -14,11 +14,11 @@ block) while it runs, for each column ``i``:
 
 No FMA contraction (``enable_fp_fusion=False``): each update rounds like the reference's
 multiply then subtract. Divisions are ``tl.math.div_rn`` (IEEE round-to-nearest, like
-``__fdiv_rn`` in the CUDA twin ``csrc/obs.cu``): Triton lowers ``/`` on fp32 to an approximate
+``__fdiv_rn`` in the CUDA twin ``csrc/sparsegpt.cu``): Triton lowers ``/`` on fp32 to an approximate
 division (``div.full.f32``). It writes the pruned block ``Q`` over ``W1``, the keep mask,
 ``Err[rows, count]`` and adds
 ``loss / 2`` per row. The trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` is one GEMM, done by
-the caller (:func:`ssgr.ops._triton.sparsegpt`).
+the caller (:func:`ssgr.ops.sparsegpt.gpu.sparsegpt_triton`).
 """
 
 from __future__ import annotations
