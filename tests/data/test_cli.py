@@ -17,8 +17,10 @@ def _parser():
 
 
 def _run(argv):
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    """The exit status of ``ssgr ARGV`` (errors reported the way the command line does)."""
+    from ssgr.cli import main
+
+    return main(argv)
 
 
 def test_generate_then_select_cli(tiny_model_dir, tmp_path, caplog):

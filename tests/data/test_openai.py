@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ssgr.data.errors import BackendError, DataError
+from ssgr.data.errors import GenerationError, DataError
 from ssgr.data.generate import generate
 from ssgr.data.problems import arith_problems
 
@@ -51,7 +51,7 @@ def _lines(path):
 def test_openai_completions_and_chat(server, tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     probs = arith_problems(2)
-    kw = dict(backend="openai", server=server, n=2, max_new_tokens=12, progress=False)
+    kw = dict(generator="openai", server=server, n=2, max_new_tokens=12, progress=False)
     st = generate(model, probs, tmp_path / "a.jsonl", **kw)
     assert st.written == 4
     rows = _lines(tmp_path / "a.jsonl")
@@ -71,8 +71,8 @@ def test_openai_completions_and_chat(server, tiny_model_dir, tmp_path):
 
 
 def test_openai_rejected_request_is_clear(server, tmp_path, tiny_model_dir):
-    with pytest.raises(BackendError, match="HTTP 404.*not served"):
-        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "x.jsonl", backend="openai", server=server,
+    with pytest.raises(GenerationError, match="HTTP 404.*not served"):
+        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "x.jsonl", generator="openai", server=server,
                  n=1, max_new_tokens=4, progress=False, backend_kwargs={"served_model_name": "other"})
     assert (tmp_path / "x.jsonl").read_text() == ""
 
@@ -83,13 +83,13 @@ def test_unreachable_server(tmp_path, tiny_model_dir):
     port = s.getsockname()[1]
     s.close()
     out = tmp_path / "t.jsonl"
-    with pytest.raises(BackendError, match=r"after 3 attempts .*server"):
-        generate(str(tiny_model_dir), arith_problems(2), out, backend="openai", n=2,
+    with pytest.raises(GenerationError, match=r"after 3 attempts .*server"):
+        generate(str(tiny_model_dir), arith_problems(2), out, generator="openai", n=2,
                  server=f"http://127.0.0.1:{port}", max_new_tokens=4, progress=False,
-                 backend_kwargs={"max_retries": 2, "backoff": 0.01})
+                 backend_kwargs={"max_retries": 2})
     assert out.read_text() == ""  # no half-written line
     with pytest.raises(DataError, match="needs --server"):
-        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "u.jsonl", backend="openai", progress=False)
+        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "u.jsonl", generator="openai", progress=False)
     assert not (tmp_path / "u.jsonl").exists()
 
 
@@ -103,7 +103,7 @@ def test_openai_via_cli(server, tiny_model_dir, tmp_path):
     out = tmp_path / "t.jsonl"
     args = parser.parse_args([
         "generate", str(tiny_model_dir), "--problems", "builtin:arith?n=3", "--limit", "2", "--out", str(out),
-        "--backend", "openai", "--server", server + "/v1/", "--api", "chat", "--tokenizer", str(tiny_model_dir),
+        "--generator", "openai", "--server", server + "/v1/", "--api", "chat", "--tokenizer", str(tiny_model_dir),
         "--n", "1", "--max-new-tokens", "6", "--no-progress",
     ])
     assert args.func(args) == 0

@@ -51,14 +51,16 @@ def test_cli_greedy(tmp_path, capsys):
     assert res["overall"]["samples"] == 5
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(tmp_path, capsys, caplog):
+    from ssgr.cli import main
+
     p = _parser()
-    args = p.parse_args(["eval", "tiny", "--problems", SRC, "--k", "0"])
-    assert args.func(args) == 2
-    args = p.parse_args(["eval", str(tmp_path / "nope"), "--problems", SRC])
-    assert args.func(args) == 2
-    args = p.parse_args(["ppl", "tiny"])
-    assert args.func(args) == 2
+    with caplog.at_level("ERROR"):
+        assert main(["eval", "tiny", "--problems", SRC, "--k", "0"]) == 2
+        assert main(["eval", str(tmp_path / "nope"), "--problems", SRC]) == 2
+        assert main(["ppl", "tiny"]) == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3 and "neither a known name" in errors[1].getMessage()
     with pytest.raises(SystemExit):
         p.parse_args(["eval", "tiny"])  # --problems is required
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ssgr.data.backends.base import Completion, Request, format_with_template
-from ssgr.data.errors import missing_extra
+from ssgr.errors import missing_extra
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class VLLMBackend:
         try:
             import vllm
         except ImportError:
-            raise missing_extra("vllm", "vllm", "--backend vllm") from None
+            raise missing_extra("vllm", "--generator vllm") from None
         self._vllm = vllm
         kwargs = dict(llm_kwargs or {})
         kwargs.setdefault("seed", seed)
