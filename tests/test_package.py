@@ -191,3 +191,28 @@ def test_command_options_match_the_python_api(cls_path, func_path):
         if want is inspect.Parameter.empty:
             continue  # positional: required in both
         assert f.default == want, f"{cls.__name__}.{f.name}: {f.default!r} != {want!r}"
+
+
+def test_setup_without_pybind11_uses_torch_headers(monkeypatch):
+    mod = _setup_module()
+    monkeypatch.setitem(sys.modules, "pybind11", None)
+    monkeypatch.setitem(sys.modules, "pybind11.setup_helpers", None)
+    ext = mod.cpu_extension()
+    import torch
+
+    assert ext.name == "ssgr._C" and ext.language == "c++"
+    assert ext.include_dirs == [str(Path(torch.__file__).parent / "include")]
+    assert "-std=c++17" in ext.extra_compile_args and "-ffp-contract=off" in ext.extra_compile_args
+
+
+def test_setup_names_gcc_when_the_compiler_is_not_gcc(monkeypatch, tmp_path):
+    mod = _setup_module()
+    fake = tmp_path / "fake-clang++"
+    fake.write_text("#!/bin/sh\necho '#define __clang__ 1'\necho '#define __GNUC__ 4'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert "GCC >= 9 is required for ssgr._C" in mod.check_compiler()
+    fake.write_text("#!/bin/sh\necho '#define __GNUC__ 8'\n")
+    assert "is GCC 8; GCC >= 9 is required" in mod.check_compiler()
+    fake.write_text("#!/bin/sh\necho '#define __GNUC__ 12'\n")
+    assert mod.check_compiler() is None
