@@ -5,7 +5,8 @@
   ``pybind11`` package when it is importable, else the copy that torch ships in
   ``torch/include/pybind11`` (no torch headers otherwise: tensors cross the boundary as raw
   pointers).
-* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ the bindings ``csrc/cuda_*.cpp``). Built only
+* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ the bindings ``csrc/cuda_*.cpp``). Built
+  only
   when torch has CUDA, ``nvcc`` is found and there are ``.cu`` sources; ``SSGR_SKIP_CUDA=1`` skips
   it. Arch list from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``9.0a``).
 
@@ -42,7 +43,10 @@ def check_compiler() -> str | None:
             timeout=60, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"cannot run the C++ compiler {' '.join(cxx)!r} ({exc}); GCC >= 9 is required for ssgr._C"
+        return (
+            f"cannot run the C++ compiler {' '.join(cxx)!r} ({exc}); "
+            "GCC >= 9 is required for ssgr._C"
+        )
     found = dict(re.findall(r"#define (__clang__|__GNUC__) (\d+)", macros))
     if "__clang__" in found or "__GNUC__" not in found:
         return (

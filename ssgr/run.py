@@ -90,11 +90,14 @@ class RunConfig:
         for key, v in preset.items():
             if vals[key] is None:
                 vals[key] = v
-        sources = list(dict.fromkeys(list(self.sources) + (list(ABLATIONS) if self.ablations else [])))
+        sources = list(
+            dict.fromkeys(list(self.sources) + (list(ABLATIONS) if self.ablations else []))
+        )
         bad = [s for s in sources if s not in STRATEGIES]
         if bad:
             raise InputError(
-                f"unknown calibration source(s) {', '.join(bad)}; choose from {', '.join(STRATEGIES)}"
+                f"unknown calibration source(s) {', '.join(bad)}; "
+                f"choose from {', '.join(STRATEGIES)}"
             )
         if not sources:
             raise InputError("--sources is empty; name at least one calibration source")
@@ -118,7 +121,9 @@ def _calib_stats(path: Path) -> tuple[int, int]:
             if line.strip():
                 row = json.loads(line)
                 seqs += 1
-                toks += len(row["input_ids"]) if "input_ids" in row else int(row.get("num_tokens", 0))
+                toks += (
+                    len(row["input_ids"]) if "input_ids" in row else int(row.get("num_tokens", 0))
+                )
     return seqs, toks
 
 
@@ -242,7 +247,9 @@ def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
     problems = _freeze_problems(cfg.problems, out / "problems.jsonl")
 
     traces = out / "traces.jsonl"
-    log.info("stage 1/5: generating %d samples x %d calibration problems", cfg.n, cfg.calib_problems)
+    log.info(
+        "stage 1/5: generating %d samples x %d calibration problems", cfg.n, cfg.calib_problems
+    )
     generate(
         str(model_dir), problems, traces, generator=cfg.generator, n=cfg.n,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.calib_problems,
@@ -283,8 +290,12 @@ def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
             "trace_ppl": ppls[name].get("traces", {}).get("ppl"),
             "text_ppl": ppls[name].get("corpus", {}).get("ppl"),
             "by_level": {lvl: v["pass@1"] for lvl, v in evals[name]["by_level"].items()},
-            "prune_seconds": prune_reports[name]["totals"]["wall_s"] if name in prune_reports else None,
-            "calib": dict(zip(("sequences", "tokens"), _calib_stats(calibs[name]))) if name in calibs else None,
+            "prune_seconds": prune_reports[name]["totals"]["wall_s"]
+            if name in prune_reports
+            else None,
+            "calib": dict(zip(("sequences", "tokens"), _calib_stats(calibs[name]), strict=True))
+            if name in calibs
+            else None,
         }
     results = {"config": asdict(cfg), "model_dir": str(model_dir), "rows": rows,
                "wall_s": time.perf_counter() - t0}
@@ -318,7 +329,9 @@ def format_results(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("pass@1 by difficulty level: " + " ".join(f"{'L' + lvl:>6}" for lvl in levels))
     for name, r in results["rows"].items():
-        lines.append(f"{name:<28}" + " ".join(f"{f(r['by_level'].get(lvl), '.3f'):>6}" for lvl in levels))
+        lines.append(
+            f"{name:<28}" + " ".join(f"{f(r['by_level'].get(lvl), '.3f'):>6}" for lvl in levels)
+        )
     return "\n".join(lines)
 
 
@@ -333,11 +346,15 @@ def plot_results(results: dict[str, Any], png: Path) -> None:
     acc = [results["rows"][n]["accuracy"] for n in names]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     bars = ax.bar(names, acc, color=["0.5"] + ["C0"] * (len(names) - 1))
-    for b, a in zip(bars, acc):
-        ax.annotate(f"{a:.2f}", (b.get_x() + b.get_width() / 2, a), ha="center", va="bottom", fontsize=8)
+    for b, a in zip(bars, acc, strict=True):
+        ax.annotate(
+            f"{a:.2f}", (b.get_x() + b.get_width() / 2, a), ha="center", va="bottom", fontsize=8
+        )
     cfg = results["config"]
     ax.set_ylabel("pass@1 (held-out)")
-    ax.set_title(f"{cfg['model']}: {cfg['method']} {cfg['sparsity']} by calibration source", fontsize=9)
+    ax.set_title(
+        f"{cfg['model']}: {cfg['method']} {cfg['sparsity']} by calibration source", fontsize=9
+    )
     ax.set_ylim(0, max(1.0, max(acc) * 1.15))
     fig.tight_layout()
     fig.savefig(png, dpi=120)

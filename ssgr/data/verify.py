@@ -265,7 +265,9 @@ def think_unclosed(response: str, prompt: str = "") -> bool:
     return p.rfind(THINK_OPEN) > p.rfind(THINK_CLOSE) and p.rfind(THINK_OPEN) >= 0
 
 
-def quality_flags(response: str, finish_reason: str, answer: str | None, prompt: str = "") -> list[str]:
+def quality_flags(
+    response: str, finish_reason: str, answer: str | None, prompt: str = ""
+) -> list[str]:
     """The list of quality flags of one sample (order as in :data:`FLAGS`)."""
     flags = []
     if finish_reason == "length":
@@ -291,4 +293,6 @@ class Verdict:
 def check_response(response: str, gold: str, finish_reason: str, prompt: str = "") -> Verdict:
     """Extract the answer, compare it with ``gold`` and compute the quality flags."""
     ans = extract_answer(response)
-    return Verdict(ans, answers_match(ans, gold), quality_flags(response, finish_reason, ans, prompt))
+    return Verdict(
+        ans, answers_match(ans, gold), quality_flags(response, finish_reason, ans, prompt)
+    )

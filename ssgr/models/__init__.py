@@ -38,7 +38,8 @@ def tiny_dir() -> Path:
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     """The model directory for ``tiny``, ``smollm2`` or a local directory path.
 
-    Raises :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming the path when it is not a model directory.
+    Raises :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming the path when it is not
+    a model directory.
     """
     name = str(name_or_path)
     if name == "tiny":
@@ -54,7 +55,9 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
             "directory; pass a local Hugging Face model directory"
         )
     if not (p / "config.json").is_file():
-        raise ModelNotFoundError(f"{p} has no config.json; it is not a Hugging Face model directory")
+        raise ModelNotFoundError(
+            f"{p} has no config.json; it is not a Hugging Face model directory"
+        )
     return p
 
 
@@ -87,8 +90,17 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype)
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise ModelNotFoundError(f"cannot load model {str(path)!r} with transformers: {e}") from None
+        raise ModelNotFoundError(
+            f"cannot load model {str(path)!r} with transformers: {e}"
+        ) from None
     return model.to(dev).eval(), tok
 
 
-__all__ = ["MODEL_NAMES", "ModelNotFoundError", "default_device", "load_model", "resolve_model", "tiny_dir"]
+__all__ = [
+    "MODEL_NAMES",
+    "ModelNotFoundError",
+    "default_device",
+    "load_model",
+    "resolve_model",
+    "tiny_dir",
+]

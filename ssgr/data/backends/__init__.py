@@ -1,4 +1,5 @@
-"""Generation backends for ``ssgr generate --generator``: ``hf`` (transformers), ``vllm``, ``openai``.
+"""Generation backends for ``ssgr generate --generator``: ``hf`` (transformers), ``vllm``,
+``openai``.
 
 Every backend turns a list of :class:`~ssgr.data.backends.base.Request` (one per sample, each with
 its own seed) into :class:`~ssgr.data.backends.base.Completion` objects, yielded as they finish.

@@ -122,7 +122,9 @@ class HFBackend:
                 if i not in ids:
                     ids.append(int(i))
         if not ids:
-            raise DataError("the model/tokenizer defines no eos token; cannot detect the end of a sample")
+            raise DataError(
+                "the model/tokenizer defines no eos token; cannot detect the end of a sample"
+            )
         return ids
 
     def format_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -137,7 +139,10 @@ class HFBackend:
         if not requests:
             return
         enc = self.tokenizer(
-            [r.prompt for r in requests], return_tensors="pt", padding=True, add_special_tokens=False
+            [r.prompt for r in requests],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
         )
         input_ids = enc["input_ids"].to(self.device)
         attention_mask = enc["attention_mask"].to(self.device)
@@ -146,11 +151,16 @@ class HFBackend:
             max_new = max(1, self.max_positions - input_ids.shape[1])
             if not self._warned_cap:
                 logger.warning(
-                    "max_new_tokens %d exceeds the model's %d positions; capped to %d for this batch",
-                    self.max_new_tokens, self.max_positions, max_new,
+                    "max_new_tokens %d exceeds the model's %d positions; "
+                    "capped to %d for this batch",
+                    self.max_new_tokens,
+                    self.max_positions,
+                    max_new,
                 )
                 self._warned_cap = True
-        sampler = SeededSampler([r.seed for r in requests], self.temperature, self.top_p, self.device)
+        sampler = SeededSampler(
+            [r.seed for r in requests], self.temperature, self.top_p, self.device
+        )
         # greedy around the seeded sampler; temperature / top_p set to their neutral values so
         # that the model's own sampling defaults (generation_config.json) are not merged in and
         # reported by transformers as "may be ignored": ssgr's sampler applies them instead
@@ -171,7 +181,7 @@ class HFBackend:
             )
         new = out[:, input_ids.shape[1]:].tolist()
         eos = set(self.eos_ids)
-        for r, toks in zip(requests, new):
+        for r, toks in zip(requests, new, strict=True):
             stop = next((k for k, t in enumerate(toks) if t in eos), None)
             if stop is None:
                 body, num, reason = toks, len(toks), "length"

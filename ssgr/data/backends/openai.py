@@ -39,7 +39,9 @@ def normalize_base_url(url: str) -> str:
     """``http://host:port`` or ``.../v1`` -> ``.../v1`` (no trailing slash)."""
     u = url.strip().rstrip("/")
     if not u.startswith(("http://", "https://")):
-        raise DataError(f"--server must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
+        raise DataError(
+            f"--server must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}"
+        )
     return u if u.endswith("/v1") else u + "/v1"
 
 
@@ -80,11 +82,14 @@ class OpenAIBackend:
             raise DataError(f"unknown OpenAI api {api!r}; choose completions or chat")
         if api == "completions" and self.tokenizer is None:
             raise DataError(
-                "the completions API needs the model's tokenizer locally to apply its chat template; "
+                "the completions API needs the model's tokenizer locally to apply its chat "
+                "template; "
                 "pass a tokenizer path or use api='chat'"
             )
         if api == "chat" and self.tokenizer is None:
-            logger.warning("no local tokenizer for %r: stored prompts are the plain user messages", model)
+            logger.warning(
+                "no local tokenizer for %r: stored prompts are the plain user messages", model
+            )
         self.api = api
         self.temperature = temperature
         self.top_p = top_p
@@ -109,7 +114,9 @@ class OpenAIBackend:
 
             return AutoTokenizer.from_pretrained(name, local_files_only=True)
         except Exception as e:  # any failure just means "no local tokenizer"
-            logger.info("no local tokenizer for %r (%s); using the chat API", name, type(e).__name__)
+            logger.info(
+                "no local tokenizer for %r (%s); using the chat API", name, type(e).__name__
+            )
             return None
 
     def format_prompt(self, messages: list[dict[str, str]]) -> str:

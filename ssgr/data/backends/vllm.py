@@ -70,7 +70,7 @@ class VLLMBackend:
             for r in requests
         ]
         outs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False)
-        for r, o in zip(requests, outs):
+        for r, o in zip(requests, outs, strict=True):
             c = o.outputs[0]
             reason = "length" if c.finish_reason == "length" else "stop"
             yield Completion(r, c.text, len(c.token_ids), reason)
