@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ssgr.errors import InputError
+
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
 IM_START = "<|im_start|>"
@@ -131,19 +133,19 @@ def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, **arch: i
 
     unknown = set(arch) - set(DEFAULT_ARCH)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"unknown architecture option(s) {sorted(unknown)}; known: {sorted(DEFAULT_ARCH)}"
         )
     a = {**DEFAULT_ARCH, **arch}
     for key in ("hidden_size", "intermediate_size"):
         if a[key] % 8:
-            raise ValueError(
+            raise InputError(
                 f"{key}={a[key]} must be a multiple of 8 (2:4 / 4:8 pruning of every Linear)"
             )
     if a["hidden_size"] % a["num_attention_heads"]:
-        raise ValueError("hidden_size must be divisible by num_attention_heads")
+        raise InputError("hidden_size must be divisible by num_attention_heads")
     if (a["hidden_size"] // a["num_attention_heads"]) % 8:
-        raise ValueError("head dim must be a multiple of 8 (o_proj in_features)")
+        raise InputError("head dim must be a multiple of 8 (o_proj in_features)")
     return Qwen2Config(
         vocab_size=vocab_size,
         rope_theta=10000.0,

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssgr.errors import InputError
 from ssgr.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _training_problems(
     from ssgr.data.problems import arith_problems
 
     if train_seed == 0:
-        raise ValueError("--train-seed 0 is the evaluation seed of builtin:arith; use another")
+        raise InputError("--train-seed 0 is the evaluation seed of builtin:arith; use another")
     banned = {p.question for p in arith_problems(EXCLUDE_N, seed=0)}
     probs = [
         p for p in arith_problems(n, seed=train_seed, levels=levels) if p.question not in banned
@@ -65,9 +66,9 @@ def _parse_levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--levels must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"--levels must be comma-separated integers, got {text!r}") from None
     if not levels or any(not 1 <= v <= 9 for v in levels):
-        raise ValueError(f"--levels must list levels in 1..9, got {text!r}")
+        raise InputError(f"--levels must list levels in 1..9, got {text!r}")
     return levels
 
 
@@ -206,7 +207,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if ckpt_path.exists() and not args.restart:
         ck = torch.load(ckpt_path, weights_only=False)
         if ck["run_key"] != run_key:
-            raise ValueError(f"{ckpt_path} was written with other settings {ck['run_key']}; "
+            raise InputError(f"{ckpt_path} was written with other settings {ck['run_key']}; "
                              "pass --restart or another --work-dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optim"])
