@@ -181,3 +181,21 @@ def test_resume_after_kill(tiny_model_dir, tmp_path):
         progress=False,
     )
     assert _by_key(out) == _by_key(ref)
+
+
+def test_no_ignored_sampling_flags_warning(tmp_path):
+    """The packaged tiny model's generation_config.json sets temperature / top_p; ssgr samples
+    with its own seeded sampler, so transformers must not report them as "may be ignored"."""
+    code = (
+        "from ssgr.data.generate import generate; from ssgr.data.problems import arith_problems; "
+        "from ssgr.models import tiny_dir; "
+        f"generate(str(tiny_dir()), arith_problems(1), {str(tmp_path / 't.jsonl')!r}, n=2, "
+        "max_new_tokens=4, progress=False)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 2
+    assert "may be ignored" not in r.stderr and "temperature" not in r.stderr, r.stderr[-2000:]
