@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
-.PHONY: setup run test bench cuda-check gpu clean
+.PHONY: setup run test lint install-check bench cuda-check gpu clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,22 @@ run: setup
 # The test suite (README, .ci/run).
 test: setup
 	cd tests && ../$(VENV)/bin/pytest -q -p no:cacheprovider --timeout=600 .
+
+# ruff on the whole repository (pinned in requirements/dev.txt; config in pyproject.toml).
+lint: setup
+	$(PY) -m ruff check .
+
+# What a user outside this repository does (README, "Installation"): a fresh virtual environment
+# in a temporary directory (removed afterwards), torch==2.13.0 with the build tools, then
+# `pip install --no-build-isolation '.[data]'` and `ssgr run --quick` from outside the source tree.
+install-check:
+	@set -e; tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/ssgr-install-check.XXXXXX"); \
+	trap 'rm -rf "$$tmp"' EXIT; \
+	echo "install-check in $$tmp"; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install -q torch==2.13.0 'setuptools>=68' wheel 'pybind11>=2.12'; \
+	"$$tmp/venv/bin/python" -m pip install -q --no-build-isolation '.[data]'; \
+	cd "$$tmp" && "$$tmp/venv/bin/ssgr" run --quick --out "$$tmp/run"
 
 bench: setup
 	$(PY) benchmarks/run_bench.py

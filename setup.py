@@ -1,8 +1,12 @@
 """Build script for ssgr's native extensions.
 
 * ``ssgr._C``: the CPU kernels (C++17, OpenMP, pybind11) from ``csrc/*.cpp``. Always built; it
-  needs only a C++ compiler (no torch headers: tensors cross the boundary as raw pointers).
-* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ the bindings ``csrc/cuda_*.cpp``). Built only
+  needs GCC >= 9 (the kernels use GCC vector builtins) and the pybind11 headers: those of the
+  ``pybind11`` package when it is importable, else the copy that torch ships in
+  ``torch/include/pybind11`` (no torch headers otherwise: tensors cross the boundary as raw
+  pointers).
+* ``ssgr._cuda``: the CUDA kernels from ``csrc/*.cu`` (+ the bindings ``csrc/cuda_*.cpp``). Built
+  only
   when torch has CUDA, ``nvcc`` is found and there are ``.cu`` sources; ``SSGR_SKIP_CUDA=1`` skips
   it. Arch list from ``TORCH_CUDA_ARCH_LIST`` (e.g. ``9.0a``).
 
@@ -14,8 +18,12 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -26,23 +34,79 @@ def _log(msg: str) -> None:
     sys.stderr.write(f"[ssgr setup] {msg}\n")
 
 
-def cpu_extension():
-    from pybind11.setup_helpers import Pybind11Extension
+def check_compiler() -> str | None:
+    """None when the C++ compiler is GCC >= 9, else the message printed before the build."""
+    cxx = shlex.split(os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++")
+    try:
+        macros = subprocess.run(
+            [*cxx, "-dM", "-E", "-x", "c++", os.devnull], capture_output=True, text=True,
+            timeout=60, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return (
+            f"cannot run the C++ compiler {' '.join(cxx)!r} ({exc}); "
+            "GCC >= 9 is required for ssgr._C"
+        )
+    found = dict(re.findall(r"#define (__clang__|__GNUC__) (\d+)", macros))
+    if "__clang__" in found or "__GNUC__" not in found:
+        return (
+            f"the C++ compiler {' '.join(cxx)!r} is not GCC; GCC >= 9 is required for ssgr._C "
+            "(its kernels use GCC vector builtins): install g++ and set CXX=g++"
+        )
+    if int(found["__GNUC__"]) < 9:
+        return f"{' '.join(cxx)!r} is GCC {found['__GNUC__']}; GCC >= 9 is required for ssgr._C"
+    return None
 
+
+_CPU_FLAGS = [
+    "-O3", "-fopenmp",
+    # no FMA contraction, so the OBS column loop rounds exactly like the reference (one
+    # multiply, one subtract per element)
+    "-ffp-contract=off",
+]
+
+
+def cpu_extension():
+    """The ``ssgr._C`` extension; with pybind11's helpers when importable, else with plain
+    setuptools and the pybind11 headers bundled with torch."""
     sources = sorted(
         os.path.relpath(p, ROOT)
         for p in glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
         if not os.path.basename(p).startswith("cuda_")
     )
-    return Pybind11Extension(
-        "ssgr._C",
-        sources,
-        cxx_std=17,
-        # -ffp-contract=off: no FMA contraction, so the OBS column loop rounds exactly like
-        # the reference (one multiply, one subtract per element).
-        extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off"],
+    try:
+        from pybind11.setup_helpers import Pybind11Extension
+    except ImportError:
+        Pybind11Extension = None
+    if Pybind11Extension is not None:
+        return Pybind11Extension(
+            "ssgr._C", sources, cxx_std=17, extra_compile_args=_CPU_FLAGS,
+            extra_link_args=["-fopenmp"],
+        )
+    from setuptools import Extension
+
+    include = torch_pybind11_include()
+    if include is None:
+        raise SystemExit(
+            "[ssgr setup] building ssgr._C needs the pybind11 headers: pip install pybind11 "
+            "(or install torch first, which ships them)"
+        )
+    _log(f"pybind11 is not importable; using the headers bundled with torch in {include}")
+    return Extension(
+        "ssgr._C", sources, language="c++", include_dirs=[include],
+        extra_compile_args=["-std=c++17", "-fvisibility=hidden", *_CPU_FLAGS],
         extra_link_args=["-fopenmp"],
     )
+
+
+def torch_pybind11_include() -> str | None:
+    """torch's include directory when it holds ``pybind11/pybind11.h``, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    include = os.path.join(os.path.dirname(torch.__file__), "include")
+    return include if os.path.isfile(os.path.join(include, "pybind11", "pybind11.h")) else None
 
 
 def cuda_extension_or_reason():
@@ -74,6 +138,9 @@ def cuda_extension_or_reason():
 
 
 def build():
+    problem = check_compiler()
+    if problem is not None:
+        _log(problem)
     ext_modules = [cpu_extension()]
     cmdclass = {}
     cuda_ext, reason = cuda_extension_or_reason()
@@ -84,8 +151,10 @@ def build():
         cmdclass["build_ext"] = BuildExtension.with_options(no_python_abi_suffix=False)
         _log("building the CUDA extension ssgr._cuda")
     else:
-        from pybind11.setup_helpers import build_ext
-
+        try:
+            from pybind11.setup_helpers import build_ext
+        except ImportError:
+            from setuptools.command.build_ext import build_ext
         cmdclass["build_ext"] = build_ext
         _log(f"skipping the CUDA extension: {reason}")
     setup(

@@ -1,10 +1,24 @@
-"""The ``ssgr`` command line (also ``python -m ssgr``). Each subcommand is a Python function too."""
+"""The ``ssgr`` command line (also ``python -m ssgr``).
+
+Each subcommand is one options dataclass and one Python function taking it (``ssgr run``:
+:class:`ssgr.run.RunConfig` and :func:`ssgr.run.run`; ``ssgr demo``: :class:`ssgr.demo.DemoConfig`
+and :func:`ssgr.demo.run_demo`; ``generate`` / ``select`` in :mod:`ssgr.data.cli`; ``eval`` /
+``ppl`` in :mod:`ssgr.eval.cli`; ``prune`` in :mod:`ssgr.prune.cli`): the parsers are built
+from the dataclasses by :mod:`ssgr.options`, so every default is written once.
+
+Errors: an :class:`ssgr.errors.SSGRError` (bad input, missing optional package, unavailable
+backend) is reported as one ERROR line and exit status 2 (``-v`` adds its traceback); any other
+exception is a bug or an environment fault and propagates with its full traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+from ssgr.errors import SSGRError
+from ssgr.options import add_options, from_args
 
 log = logging.getLogger("ssgr")
 
@@ -17,41 +31,35 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ssgr.demo import run_demo
+    from ssgr.demo import DemoConfig, run_demo
 
-    run_demo(
-        sparsity=args.sparsity,
-        method=args.method,
-        layers=args.layers,
-        hidden=args.hidden,
-        sequences=args.sequences,
-        seq_len=args.seq_len,
-        seed=args.seed,
-        backend=args.backend,
-    )
+    run_demo(from_args(DemoConfig, args))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ssgr.run import RunConfig, format_results, run
 
-    cfg = RunConfig(
-        model=args.model, method=args.method, sparsity=args.sparsity, out=args.out, quick=args.quick,
-        sources=args.sources.split(","), ablations=args.ablations, problems=args.problems,
-        n=args.n, calib_problems=args.calib_problems, eval_problems=args.eval_problems, k=args.k,
-        max_new_tokens=args.max_new_tokens, num_sequences=args.num_sequences, tau=args.tau,
-        corpus=args.corpus, backend=args.backend, device=args.device, seed=args.seed,
-    )
+    cfg = from_args(RunConfig, args)
     results = run(cfg)
     sys.stdout.write(format_results(results) + "\n")
-    sys.stdout.write(f"results: {args.out}/results.json, {args.out}/results.png\n")
+    sys.stdout.write(f"results: {cfg.out}/results.json, {cfg.out}/results.png\n")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    p = argparse.ArgumentParser(prog="ssgr", description=__doc__)
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    from ssgr.data import cli as data_cli
+    from ssgr.demo import DemoConfig
+    from ssgr.eval import cli as eval_cli
+    from ssgr.prune import cli as prune_cli
+    from ssgr.run import RunConfig
+
+    p = argparse.ArgumentParser(prog="ssgr", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0,
+        help="more logging: -v for DEBUG messages and the traceback of a reported error",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="backends, devices and the op x backend support matrix")
@@ -60,46 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "demo", help="prune a small random-init Llama in memory (SparseGPT 2:4 by default)"
     )
-    s.add_argument("--sparsity", default="2:4", help="0.5, 2:4, 4:8, N:M (default 2:4)")
-    s.add_argument("--method", default="sparsegpt", choices=["sparsegpt", "wanda", "magnitude"])
-    s.add_argument("--layers", type=int, default=2)
-    s.add_argument("--hidden", type=int, default=128)
-    s.add_argument("--sequences", type=int, default=8)
-    s.add_argument("--seq-len", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--backend", default=None, help="force a backend (see `ssgr info`)")
+    add_options(s, DemoConfig)
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser(
         "run",
         help="the main job: generate -> select -> prune -> eval for several calibration sources",
     )
-    s.add_argument("--model", default="tiny", help="tiny (embedded), smollm2, or a model directory")
-    s.add_argument("--method", default="sparsegpt", choices=["sparsegpt", "wanda", "magnitude"])
-    s.add_argument("--sparsity", default="2:4", help="0.5, 2:4, 4:8, N:M (default 2:4)")
-    s.add_argument("--out", default="runs/main", help="run directory (reused when re-run)")
-    s.add_argument("--quick", action="store_true", help="small sizes (CI runs this)")
-    s.add_argument("--sources", default=",".join(("text", "gold", "sgr", "ssgr")),
-                   help="comma-separated calibration sources (select strategies)")
-    s.add_argument("--ablations", action="store_true",
-                   help="add easy, medium, hard, short, long and no-think")
-    s.add_argument("--problems", default="builtin:arith")
-    s.add_argument("--n", type=int, default=None, help="samples per calibration problem")
-    s.add_argument("--calib-problems", type=int, default=None)
-    s.add_argument("--eval-problems", type=int, default=None)
-    s.add_argument("--k", type=int, default=None, help="samples per held-out problem (pass@1 over k)")
-    s.add_argument("--max-new-tokens", type=int, default=None)
-    s.add_argument("--num-sequences", type=int, default=None, help="calibration sequences per source")
-    s.add_argument("--tau", type=float, default=0.75)
-    s.add_argument("--corpus", default="news", help="generic text for the text source and text ppl")
-    s.add_argument("--backend", default="hf", choices=["hf", "vllm", "openai"])
-    s.add_argument("--device", default=None)
-    s.add_argument("--seed", type=int, default=0)
+    add_options(s, RunConfig)
     s.set_defaults(func=_cmd_run)
-
-    from ssgr.data import cli as data_cli
-    from ssgr.eval import cli as eval_cli
-    from ssgr.prune import cli as prune_cli
 
     data_cli.register(sub)
     prune_cli.register(sub)
@@ -108,14 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``ssgr`` command."""
+    """Entry point of the ``ssgr`` command; returns the exit status (2 for an SSGRError)."""
     args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    level = logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except SSGRError as exc:
+        log.error("%s", exc, exc_info=args.verbose > 0)
         return 2
 
 

@@ -7,21 +7,57 @@ magnitude) over every decoder Linear, the per-module report, and the pattern ver
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-import torch
+from ssgr.options import option
 
-from ssgr.info import info_text
-from ssgr.prune.oneshot import format_table, prune_oneshot
-from ssgr.prune.pattern import parse_pattern
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
+METHODS = ("sparsegpt", "wanda", "magnitude")
 
-def tiny_llama(layers: int = 2, hidden: int = 128, vocab: int = 512, seed: int = 0) -> torch.nn.Module:
-    """A seeded random-init ``LlamaForCausalLM`` (intermediate = 2 x hidden)."""
+
+@dataclasses.dataclass
+class DemoConfig:
+    """Options of ``ssgr demo`` (and of :func:`run_demo`)."""
+
+    sparsity: str = option("2:4", help="0.5, 2:4, 4:8, N:M")
+    method: str = option("sparsegpt", choices=METHODS, help="pruning method")
+    layers: int = option(2, help="decoder layers of the random-init Llama")
+    hidden: int = option(128, help="hidden size (intermediate = 2 x hidden)")
+    sequences: int = option(8, help="calibration sequences")
+    seq_len: int = option(256, help="tokens per calibration sequence")
+    seed: int = option(0, help="seed of the weights and the calibration tokens")
+    backend: str | None = option(
+        None, help="force a kernel backend (reference, cpu, triton, cuda; see `ssgr info`)"
+    )
+
+
+def parse_sparsity(text: str) -> Any:
+    """:func:`ssgr.prune.pattern.parse_pattern`, with a bad pattern raised as
+    :class:`~ssgr.errors.InputError` (exit status 2 on the command line)."""
+    from ssgr.errors import InputError, SSGRError
+    from ssgr.prune.pattern import parse_pattern
+
+    try:
+        return parse_pattern(text)
+    except ValueError as e:
+        if isinstance(e, SSGRError):
+            raise
+        raise InputError(str(e)) from None
+
+
+def tiny_llama(
+    layers: int = 2, hidden: int = 128, vocab: int = 512, seed: int = 0
+) -> torch.nn.Module:
+    """A seeded random-init ``LlamaForCausalLM`` (intermediate = 2 x hidden), fp32 on the CPU."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -37,18 +73,23 @@ def tiny_llama(layers: int = 2, hidden: int = 128, vocab: int = 512, seed: int =
     return LlamaForCausalLM(cfg).eval()
 
 
-def run_demo(
-    sparsity: str = "2:4",
-    method: str = "sparsegpt",
-    layers: int = 2,
-    hidden: int = 128,
-    sequences: int = 8,
-    seq_len: int = 256,
-    seed: int = 0,
-    backend: str | None = None,
-) -> dict:
-    """Run the demo; returns ``{"reports": [...], "seconds": float, "pattern": str}``."""
-    pattern = parse_pattern(sparsity)
+def run_demo(cfg: DemoConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Run the demo; returns ``{"reports": [...], "seconds": float, "pattern": str}``.
+
+    ``options`` override fields of ``cfg`` (``run_demo(sparsity="0.5", layers=1)``). Prints the
+    support matrix, the per-module report table and a summary line to stdout. Raises
+    :class:`~ssgr.errors.InputError` for a bad sparsity or method, and ``RuntimeError`` if a
+    pruned weight violates the N:M pattern (a bug, never expected).
+    """
+    import torch
+
+    from ssgr.info import info_text
+    from ssgr.prune.oneshot import format_table, prune_oneshot
+
+    cfg = dataclasses.replace(cfg or DemoConfig(), **options)
+    sparsity, method, layers, hidden = cfg.sparsity, cfg.method, cfg.layers, cfg.hidden
+    sequences, seq_len, seed, backend = cfg.sequences, cfg.seq_len, cfg.seed, cfg.backend
+    pattern = parse_sparsity(sparsity)
     sys.stdout.write(info_text() + "\n\n")
     model = tiny_llama(layers, hidden, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -63,7 +104,9 @@ def run_demo(
             if pattern.is_nm:
                 kept = (W.reshape(W.shape[0], -1, pattern.m) != 0).sum(-1)
                 if int(kept.max()) > pattern.n:
-                    raise RuntimeError(f"{name} violates {pattern}: a group keeps {int(kept.max())}")
+                    raise RuntimeError(
+                        f"{name} violates {pattern}: a group keeps {int(kept.max())}"
+                    )
     sys.stdout.write(
         f"{method} {pattern} on a random-init Llama ({layers} layers, hidden {hidden}), "
         f"{sequences} x {seq_len} calibration tokens, {seconds:.2f} s\n"

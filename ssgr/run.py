@@ -21,13 +21,20 @@ interrupted run finished):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ssgr.data.backends.base import GENERATORS
+from ssgr.demo import METHODS, parse_sparsity
+from ssgr.errors import InputError
+from ssgr.io import write_json_atomic
+from ssgr.options import option
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +52,34 @@ PRESETS: dict[str, dict[str, int]] = {
 
 @dataclass
 class RunConfig:
-    """Options of ``ssgr run`` (None takes the preset's value)."""
+    """Options of ``ssgr run`` (and of :func:`run`). Size options left at None take the preset's
+    value (:data:`PRESETS`: ``quick`` with ``--quick``, else ``default``)."""
 
-    model: str = "tiny"
-    method: str = "sparsegpt"
-    sparsity: str = "2:4"
-    out: str = "runs/main"
-    quick: bool = False
-    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
-    ablations: bool = False
-    problems: str = "builtin:arith"
-    n: int | None = None
-    calib_problems: int | None = None
-    eval_problems: int | None = None
-    k: int | None = None
-    max_new_tokens: int | None = None
-    num_sequences: int | None = None
-    tau: float = 0.75
-    corpus: str = "news"
-    backend: str = "hf"
-    device: str | None = None
-    seed: int = 0
+    model: str = option("tiny", help="tiny (embedded), smollm2, or a model directory")
+    method: str = option("sparsegpt", choices=METHODS, help="pruning method")
+    sparsity: str = option("2:4", help="0.5, 2:4, 4:8, N:M")
+    out: str = option("runs/main", help="run directory (reused when re-run)")
+    quick: bool = option(False, help="small sizes (CI runs this)")
+    sources: list[str] = option(
+        sep=",", default_factory=lambda: list(DEFAULT_SOURCES),
+        help="comma-separated calibration sources (select strategies)",
+    )
+    ablations: bool = option(False, help="add easy, medium, hard, short, long and no-think")
+    problems: str = option("builtin:arith", help="problems jsonl or builtin:NAME")
+    n: int | None = option(None, help="samples per calibration problem")
+    calib_problems: int | None = option(None, help="calibration problems to sample")
+    eval_problems: int | None = option(None, help="held-out problems to evaluate")
+    k: int | None = option(None, help="samples per held-out problem (pass@1 over k)")
+    max_new_tokens: int | None = option(None, help="response token limit")
+    num_sequences: int | None = option(None, help="calibration sequences per source")
+    tau: float = option(0.75, help="SSGR: drop problems with correctness above tau")
+    corpus: str = option("news", help="generic text for the text source and text ppl")
+    generator: str = option(
+        "hf", choices=GENERATORS, deprecated=["--backend"],
+        help="generation backend for the calibration traces",
+    )
+    device: str | None = option(None, help="torch device (default cuda if present)")
+    seed: int = option(0, help="seed of sampling, selection and the problem split")
 
     def resolved(self) -> RunConfig:
         """A copy with the preset filled in and the source list validated."""
@@ -76,18 +90,22 @@ class RunConfig:
         for key, v in preset.items():
             if vals[key] is None:
                 vals[key] = v
-        sources = list(dict.fromkeys(list(self.sources) + (list(ABLATIONS) if self.ablations else [])))
+        sources = list(
+            dict.fromkeys(list(self.sources) + (list(ABLATIONS) if self.ablations else []))
+        )
         bad = [s for s in sources if s not in STRATEGIES]
         if bad:
-            raise ValueError(
-                f"unknown calibration source(s) {', '.join(bad)}; choose from {', '.join(STRATEGIES)}"
+            raise InputError(
+                f"unknown calibration source(s) {', '.join(bad)}; "
+                f"choose from {', '.join(STRATEGIES)}"
             )
         if not sources:
-            raise ValueError("--sources is empty; name at least one calibration source")
+            raise InputError("--sources is empty; name at least one calibration source")
         vals["sources"] = sources
+        parse_sparsity(self.sparsity)
         for key in ("n", "calib_problems", "eval_problems", "k", "max_new_tokens", "num_sequences"):
             if vals[key] < 1:
-                raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {vals[key]}")
+                raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {vals[key]}")
         return RunConfig(**vals)
 
 
@@ -103,7 +121,9 @@ def _calib_stats(path: Path) -> tuple[int, int]:
             if line.strip():
                 row = json.loads(line)
                 seqs += 1
-                toks += len(row["input_ids"]) if "input_ids" in row else int(row.get("num_tokens", 0))
+                toks += (
+                    len(row["input_ids"]) if "input_ids" in row else int(row.get("num_tokens", 0))
+                )
     return seqs, toks
 
 
@@ -207,24 +227,31 @@ def _perplexity(cfg: RunConfig, model_dir: Path, heldout_traces: Path, dest: Pat
     )
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
-    """Run the main job; returns the results (also written to ``OUT/results.json``)."""
+def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Run the main job; returns the results (also written to ``OUT/results.json``).
+
+    ``options`` override fields of ``cfg`` (``run(quick=True, out="runs/q")``). Raises
+    :class:`~ssgr.errors.InputError` for bad options and the stages' own
+    :class:`~ssgr.errors.SSGRError` subclasses for bad input.
+    """
     from ssgr.data.generate import generate
     from ssgr.eval.accuracy import default_traces_path
     from ssgr.models import resolve_model
 
-    cfg = cfg.resolved()
+    cfg = dataclasses.replace(cfg or RunConfig(), **options).resolved()
     model_dir = resolve_model(cfg.model)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_json_atomic(out / "run_config.json", asdict(cfg))
     t0 = time.perf_counter()
     problems = _freeze_problems(cfg.problems, out / "problems.jsonl")
 
     traces = out / "traces.jsonl"
-    log.info("stage 1/5: generating %d samples x %d calibration problems", cfg.n, cfg.calib_problems)
+    log.info(
+        "stage 1/5: generating %d samples x %d calibration problems", cfg.n, cfg.calib_problems
+    )
     generate(
-        str(model_dir), problems, traces, backend=cfg.backend, n=cfg.n,
+        str(model_dir), problems, traces, generator=cfg.generator, n=cfg.n,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.calib_problems,
         device=cfg.device, split="calib",
     )
@@ -263,12 +290,16 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             "trace_ppl": ppls[name].get("traces", {}).get("ppl"),
             "text_ppl": ppls[name].get("corpus", {}).get("ppl"),
             "by_level": {lvl: v["pass@1"] for lvl, v in evals[name]["by_level"].items()},
-            "prune_seconds": prune_reports[name]["totals"]["wall_s"] if name in prune_reports else None,
-            "calib": dict(zip(("sequences", "tokens"), _calib_stats(calibs[name]))) if name in calibs else None,
+            "prune_seconds": prune_reports[name]["totals"]["wall_s"]
+            if name in prune_reports
+            else None,
+            "calib": dict(zip(("sequences", "tokens"), _calib_stats(calibs[name]), strict=True))
+            if name in calibs
+            else None,
         }
     results = {"config": asdict(cfg), "model_dir": str(model_dir), "rows": rows,
                "wall_s": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json_atomic(out / "results.json", results)
     plot_results(results, out / "results.png")
     return results
 
@@ -298,7 +329,9 @@ def format_results(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("pass@1 by difficulty level: " + " ".join(f"{'L' + lvl:>6}" for lvl in levels))
     for name, r in results["rows"].items():
-        lines.append(f"{name:<28}" + " ".join(f"{f(r['by_level'].get(lvl), '.3f'):>6}" for lvl in levels))
+        lines.append(
+            f"{name:<28}" + " ".join(f"{f(r['by_level'].get(lvl), '.3f'):>6}" for lvl in levels)
+        )
     return "\n".join(lines)
 
 
@@ -313,11 +346,15 @@ def plot_results(results: dict[str, Any], png: Path) -> None:
     acc = [results["rows"][n]["accuracy"] for n in names]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
     bars = ax.bar(names, acc, color=["0.5"] + ["C0"] * (len(names) - 1))
-    for b, a in zip(bars, acc):
-        ax.annotate(f"{a:.2f}", (b.get_x() + b.get_width() / 2, a), ha="center", va="bottom", fontsize=8)
+    for b, a in zip(bars, acc, strict=True):
+        ax.annotate(
+            f"{a:.2f}", (b.get_x() + b.get_width() / 2, a), ha="center", va="bottom", fontsize=8
+        )
     cfg = results["config"]
     ax.set_ylabel("pass@1 (held-out)")
-    ax.set_title(f"{cfg['model']}: {cfg['method']} {cfg['sparsity']} by calibration source", fontsize=9)
+    ax.set_title(
+        f"{cfg['model']}: {cfg['method']} {cfg['sparsity']} by calibration source", fontsize=9
+    )
     ax.set_ylim(0, max(1.0, max(acc) * 1.15))
     fig.tight_layout()
     fig.savefig(png, dpi=120)

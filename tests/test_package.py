@@ -98,7 +98,9 @@ def test_cuda_build_switch(monkeypatch):
     assert mod.cpu_extension().name == "ssgr._C"
 
 
-@pytest.mark.parametrize("text,expect", [("2:4", (None, 2, 4)), ("0.5", (0.5, 0, 0)), (0.7, (0.7, 0, 0))])
+@pytest.mark.parametrize(
+    "text,expect", [("2:4", (None, 2, 4)), ("0.5", (0.5, 0, 0)), (0.7, (0.7, 0, 0))]
+)
 def test_parse_pattern(text, expect):
     from ssgr.prune.pattern import parse_pattern
 
@@ -112,3 +114,109 @@ def test_parse_pattern_rejects(text):
 
     with pytest.raises(ValueError):
         parse_pattern(text)
+
+
+def test_cli_error_handling(monkeypatch, capsys, caplog):
+    """An SSGRError is one ERROR line and status 2 (traceback with -v); other errors propagate."""
+    import ssgr.info
+    from ssgr.cli import main
+    from ssgr.errors import InputError
+
+    def bad_input() -> str:
+        raise InputError("bad input, fix it")
+
+    monkeypatch.setattr(ssgr.info, "info_text", bad_input)
+    with caplog.at_level("ERROR"):
+        assert main(["info"]) == 2
+    (rec,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert rec.getMessage() == "bad input, fix it" and not rec.exc_info
+    caplog.clear()
+    with caplog.at_level("ERROR"):
+        assert main(["-v", "info"]) == 2
+    (rec,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert rec.exc_info is not None and rec.exc_info[0] is InputError
+
+    def kernel_bug() -> str:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(ssgr.info, "info_text", kernel_bug)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        main(["info"])
+
+
+def test_generator_option_and_deprecated_backend_alias(caplog):
+    from ssgr.cli import build_parser
+    from ssgr.options import from_args
+    from ssgr.run import RunConfig
+
+    p = build_parser()
+    assert from_args(RunConfig, p.parse_args(["run"])).generator == "hf"
+    with caplog.at_level("WARNING"):
+        cfg = from_args(RunConfig, p.parse_args(["run", "--backend", "openai"]))
+    assert cfg.generator == "openai"
+    assert "--backend is deprecated" in caplog.text and "--generator" in caplog.text
+    args = p.parse_args(["generate", "m", "--problems", "p", "--out", "o", "--backend", "vllm"])
+    assert args.generator == "vllm"
+    # ssgr demo keeps --backend as the kernel backend
+    assert p.parse_args(["demo", "--backend", "reference"]).backend == "reference"
+    with pytest.raises(SystemExit):
+        p.parse_args(["run", "--generator", "nope"])
+
+
+@pytest.mark.parametrize(
+    "cls_path, func_path",
+    [
+        ("ssgr.data.cli:GenerateConfig", "ssgr.data.generate:generate"),
+        ("ssgr.data.cli:SelectConfig", "ssgr.data.select:select"),
+        ("ssgr.eval.cli:EvalConfig", "ssgr.eval.accuracy:evaluate"),
+        ("ssgr.eval.cli:PplConfig", "ssgr.eval.perplexity:perplexity"),
+    ],
+)
+def test_command_options_match_the_python_api(cls_path, func_path):
+    """A command's options are the keyword arguments of its library function, same defaults."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    def load(path):
+        mod, name = path.split(":")
+        return getattr(importlib.import_module(mod), name)
+
+    cls, func = load(cls_path), load(func_path)
+    params = inspect.signature(func).parameters
+    backend_only = (
+        {"max_retries", "api", "tokenizer"} if cls.__name__ == "GenerateConfig" else set()
+    )
+    for f in dataclasses.fields(cls):
+        if f.name in backend_only:
+            continue
+        assert f.name in params, f"{cls.__name__}.{f.name} is not an argument of {func.__name__}"
+        want = params[f.name].default
+        if want is inspect.Parameter.empty:
+            continue  # positional: required in both
+        assert f.default == want, f"{cls.__name__}.{f.name}: {f.default!r} != {want!r}"
+
+
+def test_setup_without_pybind11_uses_torch_headers(monkeypatch):
+    mod = _setup_module()
+    monkeypatch.setitem(sys.modules, "pybind11", None)
+    monkeypatch.setitem(sys.modules, "pybind11.setup_helpers", None)
+    ext = mod.cpu_extension()
+    import torch
+
+    assert ext.name == "ssgr._C" and ext.language == "c++"
+    assert ext.include_dirs == [str(Path(torch.__file__).parent / "include")]
+    assert "-std=c++17" in ext.extra_compile_args and "-ffp-contract=off" in ext.extra_compile_args
+
+
+def test_setup_names_gcc_when_the_compiler_is_not_gcc(monkeypatch, tmp_path):
+    mod = _setup_module()
+    fake = tmp_path / "fake-clang++"
+    fake.write_text("#!/bin/sh\necho '#define __clang__ 1'\necho '#define __GNUC__ 4'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert "GCC >= 9 is required for ssgr._C" in mod.check_compiler()
+    fake.write_text("#!/bin/sh\necho '#define __GNUC__ 8'\n")
+    assert "is GCC 8; GCC >= 9 is required" in mod.check_compiler()
+    fake.write_text("#!/bin/sh\necho '#define __GNUC__ 12'\n")
+    assert mod.check_compiler() is None

@@ -64,3 +64,17 @@ def test_unknown_source_is_a_clear_error(tmp_path):
               cwd=tmp_path)
     assert r.returncode == 2
     assert "unknown calibration source(s) nonsense" in r.stderr
+
+
+def test_bad_options_fail_before_any_work(tmp_path):
+    from ssgr.errors import InputError
+    from ssgr.run import RunConfig, run
+
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="need 0 < N < M"):
+        run(RunConfig(out=str(out), quick=True, sparsity="5:4"))
+    with pytest.raises(InputError, match="--k must be >= 1"):
+        run(out=str(out), quick=True, k=0)  # keyword options override the dataclass
+    with pytest.raises(InputError, match="--sources is empty"):
+        run(out=str(out), sources=[])
+    assert not out.exists()

@@ -8,6 +8,6 @@ strategies -> CALIB.jsonl), :mod:`~ssgr.data.corpus` (generic text), :mod:`~ssgr
 Nothing heavy is imported here.
 """
 
-from ssgr.data.errors import BackendError, DataError
+from ssgr.data.errors import BackendError, DataError, GenerationError
 
-__all__ = ["BackendError", "DataError"]
+__all__ = ["BackendError", "DataError", "GenerationError"]

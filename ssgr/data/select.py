@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 from ssgr.data.errors import DataError
-from ssgr.io import write_json_atomic, write_jsonl_atomic
 from ssgr.data.traces import Trace, read_traces
 from ssgr.data.verify import THINK_CLOSE, THINK_OPEN
+from ssgr.io import write_json_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,11 @@ STRATEGIES = (
     "ssgr", "sgr", "easy", "medium", "hard", "short", "median", "long", "no-think", "gold", "text",
 )
 TIER_CUTS = (1 / 3, 2 / 3)
-TIERS = {"hard": (0.0, TIER_CUTS[0]), "medium": (TIER_CUTS[0], TIER_CUTS[1]), "easy": (TIER_CUTS[1], 1.0)}
+TIERS = {
+    "hard": (0.0, TIER_CUTS[0]),
+    "medium": (TIER_CUTS[0], TIER_CUTS[1]),
+    "easy": (TIER_CUTS[1], 1.0),
+}
 DROP_RULES = (
     "no_correct", "too_easy", "other_tier", "no_clean_correct", "no_solution",
     "over_num_sequences", "over_token_budget",
@@ -207,7 +211,9 @@ def _plot(path: Path, summary: dict[str, Any], cs: Sequence[float], sel_len: Seq
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
     if cs:
-        ax.hist(cs, bins=summary["correctness_histogram"]["bin_edges"], color="tab:blue", edgecolor="k")
+        ax.hist(
+            cs, bins=summary["correctness_histogram"]["bin_edges"], color="tab:blue", edgecolor="k"
+        )
         if summary.get("tau") is not None and summary["strategy"] not in TIERS:
             ax.axvline(summary["tau"], color="tab:red", ls="--", label=f"tau = {summary['tau']}")
             ax.legend()
@@ -218,7 +224,13 @@ def _plot(path: Path, summary: dict[str, Any], cs: Sequence[float], sel_len: Seq
     if all_len:
         ax.hist(all_len, bins=30, alpha=0.5, label="all clean correct samples", color="tab:gray")
     if sel_len:
-        ax.hist(sel_len, bins=30, alpha=0.8, label=f"selected ({summary['strategy']})", color="tab:green")
+        ax.hist(
+            sel_len,
+            bins=30,
+            alpha=0.8,
+            label=f"selected ({summary['strategy']})",
+            color="tab:green",
+        )
     ax.set_xlabel("tokens")
     ax.set_ylabel("sequences")
     ax.set_title("length")
@@ -297,9 +309,14 @@ def select(
     if max_length < 1:
         raise DataError(f"--max-length must be >= 1, got {max_length}")
     if strategy in ("gold", "no-think", "text") and tokenizer is None:
-        raise DataError(f"--strategy {strategy} rewrites the text, so it needs --tokenizer MODEL to count tokens")
+        raise DataError(
+            f"--strategy {strategy} rewrites the text, so it needs --tokenizer MODEL to count "
+            "tokens"
+        )
     if strategy == "gold" and problems is None:
-        raise DataError("--strategy gold needs --problems P.jsonl (the file with the 'solution' field)")
+        raise DataError(
+            "--strategy gold needs --problems P.jsonl (the file with the 'solution' field)"
+        )
     if strategy == "text" and corpus is None:
         raise DataError("--strategy text needs --corpus wikitext|news|FILE")
     out = Path(out)
@@ -317,8 +334,15 @@ def select(
         if not rows:
             raise DataError(f"corpus {corpus!r} produced no tokens")
         lens = [r["num_tokens"] for r in rows]
-        summary.update({"corpus": str(corpus), "selected": len(rows), "selected_tokens": sum(lens),
-                        "lengths": {"selected": _length_stats(lens)}, "correctness_histogram": None})
+        summary.update(
+            {
+                "corpus": str(corpus),
+                "selected": len(rows),
+                "selected_tokens": sum(lens),
+                "lengths": {"selected": _length_stats(lens)},
+                "correctness_histogram": None,
+            }
+        )
         write_jsonl_atomic(out, rows)
         write_json_atomic(summary_path, summary)
         pp = _plot(plot_path, summary, [], lens, []) if plot else None
@@ -404,7 +428,8 @@ def select(
             f"{traces}: no problem survived the filters of strategy {strategy!r} "
             f"({len(groups)} problems; dropped by rule: {detail}). "
             + ("Raise --tau, " if dropped["too_easy"] else "")
-            + "generate more samples or problems, or pick another strategy; see " + str(summary_path)
+            + "generate more samples or problems, or pick another strategy; see "
+            + str(summary_path)
         )
     write_jsonl_atomic(out, rows)
     # the plot compares response lengths (the unit of the traces) of selected vs all clean samples

@@ -66,16 +66,28 @@ def trace_from_dict(obj: dict[str, Any], where: str) -> Trace:
     missing = [f for f in TRACE_FIELDS if f not in obj]
     if missing:
         raise DataError(
-            f"{where}: trace is missing field(s) {missing}; a traces line needs {list(TRACE_FIELDS)} "
-            "(write traces with `ssgr generate`)"
+            f"{where}: trace is missing field(s) {missing}; a traces line needs "
+            f"{list(TRACE_FIELDS)} (write traces with `ssgr generate`)"
         )
     checks = [
-        ("problem_id", isinstance(obj["problem_id"], (str, int)) and not isinstance(obj["problem_id"], bool)),
-        ("sample", isinstance(obj["sample"], int) and not isinstance(obj["sample"], bool) and obj["sample"] >= 0),
+        (
+            "problem_id",
+            isinstance(obj["problem_id"], (str, int)) and not isinstance(obj["problem_id"], bool),
+        ),
+        (
+            "sample",
+            isinstance(obj["sample"], int)
+            and not isinstance(obj["sample"], bool)
+            and obj["sample"] >= 0,
+        ),
         ("prompt", isinstance(obj["prompt"], str)),
         ("response", isinstance(obj["response"], str)),
-        ("num_tokens", isinstance(obj["num_tokens"], int) and not isinstance(obj["num_tokens"], bool)
-         and obj["num_tokens"] >= 0),
+        (
+            "num_tokens",
+            isinstance(obj["num_tokens"], int)
+            and not isinstance(obj["num_tokens"], bool)
+            and obj["num_tokens"] >= 0,
+        ),
         ("finish_reason", obj["finish_reason"] in FINISH_REASONS),
         ("answer", obj["answer"] is None or isinstance(obj["answer"], str)),
         ("correct", isinstance(obj["correct"], bool)),
@@ -135,7 +147,9 @@ def repair_partial_tail(path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     removed = size - start
-    logger.warning("%s: dropped a partial last line (%d bytes) left by an interrupted run", path, removed)
+    logger.warning(
+        "%s: dropped a partial last line (%d bytes) left by an interrupted run", path, removed
+    )
     return removed
 
 

@@ -173,7 +173,10 @@ def _math_verify() -> Any:
     try:
         import math_verify  # noqa: PLC0415 - optional extra
     except ImportError:
-        logger.info("math-verify not installed; using the built-in numeric answer check")
+        logger.warning(
+            "math-verify is not installed: answers are checked numerically only (symbolic answers "
+            "count as wrong); install it with pip install 'ssgr[data]'"
+        )
         return None
 
     class _NoTimeoutWarning(logging.Filter):
@@ -183,11 +186,6 @@ def _math_verify() -> Any:
     for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
         logging.getLogger(name).addFilter(_NoTimeoutWarning())
     return math_verify
-
-
-def have_math_verify() -> bool:
-    """Whether math-verify is installed (and used by :func:`answers_match`)."""
-    return _math_verify() is not None
 
 
 def _math_verify_match(pred: str, gold: str) -> bool:
@@ -267,7 +265,9 @@ def think_unclosed(response: str, prompt: str = "") -> bool:
     return p.rfind(THINK_OPEN) > p.rfind(THINK_CLOSE) and p.rfind(THINK_OPEN) >= 0
 
 
-def quality_flags(response: str, finish_reason: str, answer: str | None, prompt: str = "") -> list[str]:
+def quality_flags(
+    response: str, finish_reason: str, answer: str | None, prompt: str = ""
+) -> list[str]:
     """The list of quality flags of one sample (order as in :data:`FLAGS`)."""
     flags = []
     if finish_reason == "length":
@@ -293,4 +293,6 @@ class Verdict:
 def check_response(response: str, gold: str, finish_reason: str, prompt: str = "") -> Verdict:
     """Extract the answer, compare it with ``gold`` and compute the quality flags."""
     ans = extract_answer(response)
-    return Verdict(ans, answers_match(ans, gold), quality_flags(response, finish_reason, ans, prompt))
+    return Verdict(
+        ans, answers_match(ans, gold), quality_flags(response, finish_reason, ans, prompt)
+    )

@@ -40,13 +40,17 @@ def _summary(cs: list[float], traces: list[Trace]) -> dict[str, Any]:
         "samples": n,
         "pass@1": sum(cs) / len(cs) if cs else float("nan"),
         "mean_response_tokens": sum(t.num_tokens for t in traces) / n if n else float("nan"),
-        "truncation_rate": sum(t.finish_reason == "length" for t in traces) / n if n else float("nan"),
+        "truncation_rate": sum(t.finish_reason == "length" for t in traces) / n
+        if n
+        else float("nan"),
         "no_answer_rate": sum("no_answer" in t.flags for t in traces) / n if n else float("nan"),
         "flagged_rate": sum(bool(t.flags) for t in traces) / n if n else float("nan"),
     }
 
 
-def metrics_from_traces(traces: Sequence[Trace], problems: Sequence[Problem], k: int) -> dict[str, Any]:
+def metrics_from_traces(
+    traces: Sequence[Trace], problems: Sequence[Problem], k: int
+) -> dict[str, Any]:
     """Overall and per-level metrics of the samples ``0..k-1`` of every problem.
 
     Every problem must have exactly ``k`` such samples (a :class:`DataError` names the first that
@@ -82,7 +86,8 @@ def metrics_from_traces(traces: Sequence[Trace], problems: Sequence[Problem], k:
 
 
 def default_traces_path(out: str | os.PathLike[str]) -> Path:
-    """Where the samples of an evaluation written to ``out`` go: ``EVAL.json`` -> ``EVAL.traces.jsonl``."""
+    """Where the samples of an evaluation written to ``out`` go: ``EVAL.json`` ->
+    ``EVAL.traces.jsonl``."""
     o = Path(out)
     return o.with_name(o.stem + ".traces.jsonl")
 
@@ -108,15 +113,16 @@ def evaluate(
     traces: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (``tiny``, ``smollm2`` or a directory) on ``problems``; returns the result.
+    """Evaluate ``model`` (``tiny``, ``smollm2`` or a directory) on ``problems``; returns the
+    result.
 
     ``greedy`` means one greedy sample per problem (``k`` is then 1, temperature 0). Samples are
     appended to ``traces`` (default: beside ``out``, see :func:`default_traces_path`, or a
     temporary file when neither is given), so re-running resumes. ``out`` receives the result JSON.
     """
     from ssgr.data.generate import generate
-    from ssgr.io import write_json_atomic
     from ssgr.data.traces import read_traces
+    from ssgr.io import write_json_atomic
     from ssgr.models import resolve_model
 
     if k < 1:
@@ -171,12 +177,18 @@ def evaluate(
 
 def format_table(result: dict[str, Any]) -> str:
     """A fixed-width table of the per-level and overall metrics of :func:`evaluate`'s result."""
-    head = f"{'level':<6} {'problems':>8} {'samples':>8} {'pass@1':>7} {'mean_tok':>9} {'trunc':>6} {'no_ans':>6}"
+    head = (
+        f"{'level':<6} {'problems':>8} {'samples':>8} {'pass@1':>7} {'mean_tok':>9} "
+        f"{'trunc':>6} {'no_ans':>6}"
+    )
     rows = [head, "-" * len(head)]
 
     def row(name: str, m: dict[str, Any]) -> str:
-        return (f"{name:<6} {m['problems']:>8d} {m['samples']:>8d} {m['pass@1']:>7.3f} "
-                f"{m['mean_response_tokens']:>9.1f} {m['truncation_rate']:>6.3f} {m['no_answer_rate']:>6.3f}")
+        return (
+            f"{name:<6} {m['problems']:>8d} {m['samples']:>8d} {m['pass@1']:>7.3f} "
+            f"{m['mean_response_tokens']:>9.1f} {m['truncation_rate']:>6.3f} "
+            f"{m['no_answer_rate']:>6.3f}"
+        )
 
     for lvl, m in result["by_level"].items():
         rows.append(row(lvl, m))

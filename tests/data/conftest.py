@@ -12,7 +12,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved 2-layer Qwen2 (hidden 32) + char tokenizer whose EOS is boosted (mix of stop/length)."""
+    """A saved 2-layer Qwen2 (hidden 32) + char tokenizer whose EOS is boosted (mix of
+    stop/length)."""
     from tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny-model"), seed=0, eos_boost=8.0)

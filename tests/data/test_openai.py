@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ssgr.data.errors import BackendError, DataError
+from ssgr.data.errors import DataError, GenerationError
 from ssgr.data.generate import generate
 from ssgr.data.problems import arith_problems
 
@@ -21,8 +21,17 @@ def server(tiny_model_dir):
     """The local OpenAI-compatible test server (127.0.0.1, ephemeral port, stops by itself)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "openai_server.py"), str(tiny_model_dir), "--idle-timeout", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            str(HERE / "openai_server.py"),
+            str(tiny_model_dir),
+            "--idle-timeout",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         import selectors
@@ -51,7 +60,7 @@ def _lines(path):
 def test_openai_completions_and_chat(server, tiny_model_dir, tmp_path):
     model = str(tiny_model_dir)
     probs = arith_problems(2)
-    kw = dict(backend="openai", server=server, n=2, max_new_tokens=12, progress=False)
+    kw = dict(generator="openai", server=server, n=2, max_new_tokens=12, progress=False)
     st = generate(model, probs, tmp_path / "a.jsonl", **kw)
     assert st.written == 4
     rows = _lines(tmp_path / "a.jsonl")
@@ -61,8 +70,9 @@ def test_openai_completions_and_chat(server, tiny_model_dir, tmp_path):
         assert (r["finish_reason"] == "length") == ("truncated" in r["flags"])
     # per-sample seeds go to the server: same seed, same samples; different samples differ
     generate(model, probs, tmp_path / "b.jsonl", **kw)
-    assert _lines(tmp_path / "b.jsonl") and sorted(map(json.dumps, _lines(tmp_path / "b.jsonl"))) == sorted(
-        map(json.dumps, rows))
+    assert _lines(tmp_path / "b.jsonl") and sorted(
+        map(json.dumps, _lines(tmp_path / "b.jsonl"))
+    ) == sorted(map(json.dumps, rows))
     assert len({r["response"] for r in rows}) == 4
     # chat API: the server applies the template; same prompt text stored, same samples drawn
     generate(model, probs, tmp_path / "c.jsonl", backend_kwargs={"api": "chat"}, **kw)
@@ -71,9 +81,18 @@ def test_openai_completions_and_chat(server, tiny_model_dir, tmp_path):
 
 
 def test_openai_rejected_request_is_clear(server, tmp_path, tiny_model_dir):
-    with pytest.raises(BackendError, match="HTTP 404.*not served"):
-        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "x.jsonl", backend="openai", server=server,
-                 n=1, max_new_tokens=4, progress=False, backend_kwargs={"served_model_name": "other"})
+    with pytest.raises(GenerationError, match="HTTP 404.*not served"):
+        generate(
+            str(tiny_model_dir),
+            arith_problems(1),
+            tmp_path / "x.jsonl",
+            generator="openai",
+            server=server,
+            n=1,
+            max_new_tokens=4,
+            progress=False,
+            backend_kwargs={"served_model_name": "other"},
+        )
     assert (tmp_path / "x.jsonl").read_text() == ""
 
 
@@ -83,13 +102,19 @@ def test_unreachable_server(tmp_path, tiny_model_dir):
     port = s.getsockname()[1]
     s.close()
     out = tmp_path / "t.jsonl"
-    with pytest.raises(BackendError, match=r"after 3 attempts .*server"):
-        generate(str(tiny_model_dir), arith_problems(2), out, backend="openai", n=2,
+    with pytest.raises(GenerationError, match=r"after 3 attempts .*server"):
+        generate(str(tiny_model_dir), arith_problems(2), out, generator="openai", n=2,
                  server=f"http://127.0.0.1:{port}", max_new_tokens=4, progress=False,
-                 backend_kwargs={"max_retries": 2, "backoff": 0.01})
+                 backend_kwargs={"max_retries": 2})
     assert out.read_text() == ""  # no half-written line
     with pytest.raises(DataError, match="needs --server"):
-        generate(str(tiny_model_dir), arith_problems(1), tmp_path / "u.jsonl", backend="openai", progress=False)
+        generate(
+            str(tiny_model_dir),
+            arith_problems(1),
+            tmp_path / "u.jsonl",
+            generator="openai",
+            progress=False,
+        )
     assert not (tmp_path / "u.jsonl").exists()
 
 
@@ -101,11 +126,31 @@ def test_openai_via_cli(server, tiny_model_dir, tmp_path):
     parser = argparse.ArgumentParser(prog="ssgr")
     register(parser.add_subparsers(dest="command"))
     out = tmp_path / "t.jsonl"
-    args = parser.parse_args([
-        "generate", str(tiny_model_dir), "--problems", "builtin:arith?n=3", "--limit", "2", "--out", str(out),
-        "--backend", "openai", "--server", server + "/v1/", "--api", "chat", "--tokenizer", str(tiny_model_dir),
-        "--n", "1", "--max-new-tokens", "6", "--no-progress",
-    ])
+    args = parser.parse_args(
+        [
+            "generate",
+            str(tiny_model_dir),
+            "--problems",
+            "builtin:arith?n=3",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+            "--generator",
+            "openai",
+            "--server",
+            server + "/v1/",
+            "--api",
+            "chat",
+            "--tokenizer",
+            str(tiny_model_dir),
+            "--n",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     rows = _lines(out)
     # requests run concurrently: lines are appended in completion order

@@ -22,11 +22,22 @@ def _write(path, lines):
 
 
 def test_read_valid(tmp_path):
-    p = _write(tmp_path / "p.jsonl", [
-        json.dumps({"id": "a", "question": "What is 1+1?", "answer": "2", "solution": "1+1=2", "src": "x"}),
-        "",
-        json.dumps({"id": 7, "question": "2*3?", "answer": 6}),
-    ])
+    p = _write(
+        tmp_path / "p.jsonl",
+        [
+            json.dumps(
+                {
+                    "id": "a",
+                    "question": "What is 1+1?",
+                    "answer": "2",
+                    "solution": "1+1=2",
+                    "src": "x",
+                }
+            ),
+            "",
+            json.dumps({"id": 7, "question": "2*3?", "answer": 6}),
+        ],
+    )
     probs = read_problems_file(p)
     assert [x.id for x in probs] == ["a", "7"]
     assert probs[0].solution == "1+1=2" and probs[0].meta == {"src": "x"}
@@ -40,13 +51,18 @@ def test_read_valid(tmp_path):
         ('{"id": "b", "question": "q", ', r"p\.jsonl:2: malformed JSON"),
         ('{"id": "b", "answer": "1"}', r"p\.jsonl:2: .*missing required field\(s\) \['question'\]"),
         ('{"id": "b", "question": "", "answer": "1"}', r"p\.jsonl:2: field 'question'"),
-        ('{"id": "a", "question": "q", "answer": "1"}', r"p\.jsonl:2: duplicate problem id 'a'.*line 1"),
-        ('[1, 2]', r"p\.jsonl:2: .*JSON object"),
+        (
+            '{"id": "a", "question": "q", "answer": "1"}',
+            r"p\.jsonl:2: duplicate problem id 'a'.*line 1",
+        ),
+        ("[1, 2]", r"p\.jsonl:2: .*JSON object"),
         ('{"id": "b", "question": "q", "answer": [1]}', r"p\.jsonl:2: field 'answer'"),
     ],
 )
 def test_bad_problems(tmp_path, bad_line, pattern):
-    p = _write(tmp_path / "p.jsonl", [json.dumps({"id": "a", "question": "q", "answer": "1"}), bad_line])
+    p = _write(
+        tmp_path / "p.jsonl", [json.dumps({"id": "a", "question": "q", "answer": "1"}), bad_line]
+    )
     with pytest.raises(DataError, match=pattern):
         read_problems_file(p)
 

@@ -113,7 +113,9 @@ def test_sgr_seeded_unfiltered(traces, tmp_path):
     a = sel(traces, "sgr", tmp_path / "a.jsonl", seed=0)
     assert sorted(p for p, _ in _picks(a)) == sorted(SPEC)
     assert _picks(sel(traces, "sgr", tmp_path / "b.jsonl", seed=0)) == _picks(a)
-    others = {tuple(_picks(sel(traces, "sgr", tmp_path / f"s{k}.jsonl", seed=k))) for k in range(1, 6)}
+    others = {
+        tuple(_picks(sel(traces, "sgr", tmp_path / f"s{k}.jsonl", seed=k))) for k in range(1, 6)
+    }
     assert len(others | {tuple(_picks(a))}) > 1
     for pid, s in _picks(a):
         assert 0 <= s < len(SPEC[pid])
@@ -134,10 +136,24 @@ def test_no_think_gold_and_tokenizer(traces, tmp_path):
     assert strip_thinking("no tags") == "no tags"
 
     problems = tmp_path / "p.jsonl"
-    problems.write_text("".join(
-        json.dumps({"id": pid, "question": f"Q{pid}", "answer": "1",
-                    **({"solution": f"<think> sol {pid} </think> \\boxed{{1}}"} if pid != "P4" else {})}) + "\n"
-        for pid in SPEC))
+    problems.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": pid,
+                    "question": f"Q{pid}",
+                    "answer": "1",
+                    **(
+                        {"solution": f"<think> sol {pid} </think> \\boxed{{1}}"}
+                        if pid != "P4"
+                        else {}
+                    ),
+                }
+            )
+            + "\n"
+            for pid in SPEC
+        )
+    )
     gold = sel(traces, "gold", tmp_path / "g.jsonl", tokenizer=tok, problems=problems)
     assert sorted(p for p, _ in _picks(gold)) == ["P1", "P6", "P7"]
     assert gold.summary["dropped"]["no_solution"] == 1
@@ -169,7 +185,9 @@ def test_text_corpus_file(tmp_path):
 
     tok = make_tokenizer()
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(f"Document number {i} talks about topic {i * 7}." for i in range(30)))
+    corpus.write_text(
+        "\n\n".join(f"Document number {i} talks about topic {i * 7}." for i in range(30))
+    )
     res = sel(None, "text", tmp_path / "t.jsonl", tokenizer=tok, corpus=str(corpus),
                  max_length=100, num_sequences=3)
     assert [r["num_tokens"] for r in res.rows] == [100, 100, 100]
@@ -183,7 +201,9 @@ def test_text_corpus_file(tmp_path):
 
 def test_all_filtered_reports_each_rule(traces, tmp_path):
     out = tmp_path / "calib.jsonl"
-    with pytest.raises(DataError, match=r"no problem survived.*7 problems.*no_correct=1, too_easy=6") as e:
+    with pytest.raises(
+        DataError, match=r"no problem survived.*7 problems.*no_correct=1, too_easy=6"
+    ) as e:
         sel(traces, "ssgr", out, tau=0.0)
     assert "Raise --tau" in str(e.value)
     assert not out.exists()

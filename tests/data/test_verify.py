@@ -81,7 +81,9 @@ def test_repetition_ratio_and_flag():
     loop = "so we add the two numbers again and get 5. " * 20
     assert repetition_ratio(loop) > 0.8
     assert is_repetitive(loop)
-    varied = " ".join(f"step {i}: {i} + {i * 3} = {i * 4}, then we check parity {i % 2}." for i in range(40))
+    varied = " ".join(
+        f"step {i}: {i} + {i * 3} = {i * 4}, then we check parity {i % 2}." for i in range(40)
+    )
     assert repetition_ratio(varied) < 0.5
     assert not is_repetitive(varied)
     assert not is_repetitive("a b c d e f g h " * 3)  # too short to judge
@@ -99,7 +101,11 @@ def test_quality_flags_and_check_response():
     prompt = "<|im_start|>assistant\n<think>\n"
     assert quality_flags("a </think> \\boxed{3}", "stop", "3", prompt) == []
     assert quality_flags("a </think> \\boxed{3}", "length", "3", prompt) == ["truncated"]
-    assert quality_flags("a b c", "length", None, prompt) == ["truncated", "no_answer", "unclosed_think"]
+    assert quality_flags("a b c", "length", None, prompt) == [
+        "truncated",
+        "no_answer",
+        "unclosed_think",
+    ]
     loop = "wait, let me recompute the sum of these. " * 30 + "</think> \\boxed{3}"
     v = check_response(loop, "3", "stop", prompt)
     assert v.correct and v.answer == "3" and v.flags == ["repetition"]

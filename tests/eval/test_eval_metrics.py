@@ -13,7 +13,9 @@ from ssgr.eval.accuracy import default_traces_path, evaluate, format_table, metr
 
 
 def _t(pid: str, s: int, correct: bool, tokens: int, reason: str = "stop", flags=None) -> Trace:
-    return Trace(pid, s, "prompt", "resp", tokens, reason, "1" if correct else None, correct, flags or [])
+    return Trace(
+        pid, s, "prompt", "resp", tokens, reason, "1" if correct else None, correct, flags or []
+    )
 
 
 PROBLEMS = [
@@ -24,16 +26,28 @@ PROBLEMS = [
 ]
 TRACES = [
     # a: 2 of 4 correct -> 0.5
-    _t("a", 0, True, 10), _t("a", 1, False, 20), _t("a", 2, True, 10), _t("a", 3, False, 40, "length", ["truncated"]),
+    _t("a", 0, True, 10),
+    _t("a", 1, False, 20),
+    _t("a", 2, True, 10),
+    _t("a", 3, False, 40, "length", ["truncated"]),
     # b: 4 of 4 -> 1.0
-    _t("b", 0, True, 10), _t("b", 1, True, 10), _t("b", 2, True, 10), _t("b", 3, True, 10),
+    _t("b", 0, True, 10),
+    _t("b", 1, True, 10),
+    _t("b", 2, True, 10),
+    _t("b", 3, True, 10),
     # c: 1 of 4 -> 0.25, two truncated, one without answer
-    _t("c", 0, True, 30), _t("c", 1, False, 50, "length", ["truncated", "no_answer"]),
-    _t("c", 2, False, 50, "length", ["truncated"]), _t("c", 3, False, 30),
+    _t("c", 0, True, 30),
+    _t("c", 1, False, 50, "length", ["truncated", "no_answer"]),
+    _t("c", 2, False, 50, "length", ["truncated"]),
+    _t("c", 3, False, 30),
     # d (no level): 0 of 4
-    _t("d", 0, False, 5), _t("d", 1, False, 5), _t("d", 2, False, 5), _t("d", 3, False, 5),
+    _t("d", 0, False, 5),
+    _t("d", 1, False, 5),
+    _t("d", 2, False, 5),
+    _t("d", 3, False, 5),
     # ignored: another problem, and a sample index beyond k
-    _t("zzz", 0, True, 999), _t("b", 4, False, 999),
+    _t("zzz", 0, True, 999),
+    _t("b", 4, False, 999),
 ]
 
 
@@ -94,7 +108,9 @@ def test_evaluate_rejects_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a known name"):
         evaluate(str(tmp_path / "no-such-model"), "builtin:arith?n=10", k=1)
     bad = tmp_path / "p.jsonl"
-    bad.write_text('{"id": 1, "question": "What is 1 + 1?", "answer": "2"}\n{"id": 2, "question": \n')
+    bad.write_text(
+        '{"id": 1, "question": "What is 1 + 1?", "answer": "2"}\n{"id": 2, "question": \n'
+    )
     with pytest.raises(DataError, match=r"p\.jsonl:2: malformed JSON"):
         evaluate("tiny", bad, k=1)
     with pytest.raises(DataError, match="limit must be >= 1"):

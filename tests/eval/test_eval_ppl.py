@@ -19,7 +19,11 @@ from ssgr.eval.perplexity import (
     traces_perplexity,
 )
 
-DOCS = ["What is 3 + 4? The answer is 7.", "Please reason step by step, and then stop.", "12 * 9 = 108"]
+DOCS = [
+    "What is 3 + 4? The answer is 7.",
+    "Please reason step by step, and then stop.",
+    "12 * 9 = 108",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,9 @@ def uniform(tiny):
 
 def _stream_len(tok, docs):
     sep = tok("\n\n", add_special_tokens=False)["input_ids"]
-    return sum(len(tok(d, add_special_tokens=False)["input_ids"]) for d in docs) + len(sep) * (len(docs) - 1)
+    return sum(len(tok(d, add_special_tokens=False)["input_ids"]) for d in docs) + len(sep) * (
+        len(docs) - 1
+    )
 
 
 def test_uniform_model_ppl_is_vocab_size_and_windows_count(uniform):
@@ -90,7 +96,9 @@ def test_traces_ppl_counts_response_tokens_and_eos(uniform):
     prompt = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
     resp = "<think> 2 + 3 = 5 </think> \\boxed{5}"
     n_resp = len(tok(resp, add_special_tokens=False)["input_ids"])
-    r = traces_perplexity(m, tok, [_trace(prompt, resp, "stop"), _trace(prompt, resp, "length")], progress=False)
+    r = traces_perplexity(
+        m, tok, [_trace(prompt, resp, "stop"), _trace(prompt, resp, "length")], progress=False
+    )
     assert r["tokens"] == 2 * n_resp + 1  # EOS only for the sample that stopped by itself
     assert r["ppl"] == pytest.approx(m.config.vocab_size, rel=1e-9)
     assert r["traces"] == 2 and r["cut"] == 0
@@ -98,11 +106,23 @@ def test_traces_ppl_counts_response_tokens_and_eos(uniform):
 
 def test_trained_model_prefers_its_own_format(tiny):
     m, tok = tiny
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?\nPlease reason step by "
-                                       "step, and put your final answer within \\boxed{}."}],
-                                     tokenize=False, add_generation_prompt=True)
-    good = traces_perplexity(m, tok, [_trace(prompt, "<think> 2 + 3 = 5 </think> \\boxed{5}")], progress=False)
-    bad = traces_perplexity(m, tok, [_trace(prompt, "the answer might be nine or so")], progress=False)
+    prompt = tok.apply_chat_template(
+        [
+            {
+                "role": "user",
+                "content": "What is 2 + 3?\nPlease reason step by "
+                "step, and put your final answer within \\boxed{}.",
+            }
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    good = traces_perplexity(
+        m, tok, [_trace(prompt, "<think> 2 + 3 = 5 </think> \\boxed{5}")], progress=False
+    )
+    bad = traces_perplexity(
+        m, tok, [_trace(prompt, "the answer might be nine or so")], progress=False
+    )
     assert good["ppl"] < 3.0 < bad["ppl"]
 
 
@@ -111,12 +131,31 @@ def test_perplexity_end_to_end_and_errors(tmp_path, tiny):
     corpus.write_text("\n\n".join(DOCS))
     traces = tmp_path / "T.jsonl"
     prompt = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
-    rows = [dict(problem_id="p", sample=i, prompt=prompt, response="<think> 2 + 3 = 5 </think> \\boxed{5}",
-                 num_tokens=12, finish_reason="stop", answer="5", correct=bool(i), flags=[]) for i in range(2)]
+    rows = [
+        dict(
+            problem_id="p",
+            sample=i,
+            prompt=prompt,
+            response="<think> 2 + 3 = 5 </think> \\boxed{5}",
+            num_tokens=12,
+            finish_reason="stop",
+            answer="5",
+            correct=bool(i),
+            flags=[],
+        )
+        for i in range(2)
+    ]
     traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "PPL.json"
-    res = perplexity("tiny", corpus=corpus, traces=traces, traces_filter="correct", device="cpu", out=out,
-                     progress=False)
+    res = perplexity(
+        "tiny",
+        corpus=corpus,
+        traces=traces,
+        traces_filter="correct",
+        device="cpu",
+        out=out,
+        progress=False,
+    )
     assert json.loads(out.read_text()) == res
     assert res["traces"]["traces"] == 1 and res["corpus"]["ppl"] > 1.0
 

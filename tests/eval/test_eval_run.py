@@ -30,19 +30,44 @@ def test_sampled_eval_writes_json_and_traces(tmp_path):
     held = {p.id for p in select_problems(SRC, split="heldout")}
     assert {t.problem_id for t in traces} == {p.id for p in probs} <= held
     assert res["overall"] == metrics_from_traces(traces, probs, 2)["overall"]
-    assert res["k"] == 2 and res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
+    assert (
+        res["k"] == 2 and res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
+    )
     # the tiny model answers in its format and solves most one-step problems (TRAINING.md: 99%)
     assert res["overall"]["no_answer_rate"] == 0.0 and res["overall"]["truncation_rate"] == 0.0
     assert res["overall"]["pass@1"] >= 0.75
-    assert all(t.response.startswith("<think> ") and "</think> \\boxed{" in t.response for t in traces)
+    assert all(
+        t.response.startswith("<think> ") and "</think> \\boxed{" in t.response for t in traces
+    )
     # re-running resumes: nothing new is generated, same numbers
-    again = evaluate("tiny", SRC, k=2, limit=6, batch_size=12, out=out, device="cpu", progress=False)
-    assert again["overall"] == res["overall"] and len(read_traces(tmp_path / "EVAL.traces.jsonl")) == 12
+    again = evaluate(
+        "tiny", SRC, k=2, limit=6, batch_size=12, out=out, device="cpu", progress=False
+    )
+    assert (
+        again["overall"] == res["overall"]
+        and len(read_traces(tmp_path / "EVAL.traces.jsonl")) == 12
+    )
 
 
 def test_cli_greedy(tmp_path, capsys):
-    args = _parser().parse_args(["eval", "tiny", "--problems", SRC, "--greedy", "--k", "4", "--limit", "5",
-                                 "--out", str(tmp_path / "G.json"), "--no-progress", "--device", "cpu"])
+    args = _parser().parse_args(
+        [
+            "eval",
+            "tiny",
+            "--problems",
+            SRC,
+            "--greedy",
+            "--k",
+            "4",
+            "--limit",
+            "5",
+            "--out",
+            str(tmp_path / "G.json"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "k=1, greedy" in text and text.splitlines()[-2].startswith("all")
@@ -51,14 +76,16 @@ def test_cli_greedy(tmp_path, capsys):
     assert res["overall"]["samples"] == 5
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(tmp_path, capsys, caplog):
+    from ssgr.cli import main
+
     p = _parser()
-    args = p.parse_args(["eval", "tiny", "--problems", SRC, "--k", "0"])
-    assert args.func(args) == 2
-    args = p.parse_args(["eval", str(tmp_path / "nope"), "--problems", SRC])
-    assert args.func(args) == 2
-    args = p.parse_args(["ppl", "tiny"])
-    assert args.func(args) == 2
+    with caplog.at_level("ERROR"):
+        assert main(["eval", "tiny", "--problems", SRC, "--k", "0"]) == 2
+        assert main(["eval", str(tmp_path / "nope"), "--problems", SRC]) == 2
+        assert main(["ppl", "tiny"]) == 2
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3 and "neither a known name" in errors[1].getMessage()
     with pytest.raises(SystemExit):
         p.parse_args(["eval", "tiny"])  # --problems is required
 
@@ -66,8 +93,19 @@ def test_cli_errors(tmp_path, capsys):
 def test_cli_ppl(tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("What is 3 + 4?\n\nThe answer is 7.")
-    args = _parser().parse_args(["ppl", "tiny", "--corpus", str(corpus), "--out", str(tmp_path / "P.json"),
-                                 "--no-progress", "--device", "cpu"])
+    args = _parser().parse_args(
+        [
+            "ppl",
+            "tiny",
+            "--corpus",
+            str(corpus),
+            "--out",
+            str(tmp_path / "P.json"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args) == 0
     assert capsys.readouterr().out.startswith(f"corpus {corpus}: ppl ")
     assert json.loads((tmp_path / "P.json").read_text())["corpus"]["tokens"] > 0

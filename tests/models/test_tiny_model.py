@@ -1,4 +1,5 @@
-"""The embedded tiny reasoning model: loads with transformers alone, format, tokenizer, resolution."""
+"""The embedded tiny reasoning model: loads with transformers alone, format, tokenizer,
+resolution."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 from ssgr.models import resolve_model, tiny_dir
 from ssgr.models.tiny import CHAT_TEMPLATE, TINY_DIR, build_tokenizer, tiny_config
 
-FORMAT = re.compile(r"^<think> \d+ [-+*] \d+ = \d+(; \d+ [-+*] \d+ = \d+)* </think> \\boxed\{\d+\}$")
+FORMAT = re.compile(
+    r"^<think> \d+ [-+*] \d+ = \d+(; \d+ [-+*] \d+ = \d+)* </think> \\boxed\{\d+\}$"
+)
 
 
 def test_loads_with_transformers_alone_offline():
@@ -24,14 +27,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 d = {str(TINY_DIR)!r}
 tok = AutoTokenizer.from_pretrained(d)
 model = AutoModelForCausalLM.from_pretrained(d)
-msgs = [{{"role": "user", "content": "What is 7 + 5?\\nPlease reason step by step, and put your final answer within \\\\boxed{{}}."}}]
-enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+q = "What is 7 + 5?\\nPlease reason step by step, and put your final answer within \\\\boxed{{}}."
+msgs = [{{"role": "user", "content": q}}]
+enc = tok.apply_chat_template(
+    msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+)
 out = model.generate(**enc, max_new_tokens=40, do_sample=False)
 print(type(model).__name__, type(tok).__name__, any(m.startswith("ssgr") for m in sys.modules))
 print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     first, answer = r.stdout.strip().splitlines()[-2:]
     assert first == "Qwen2ForCausalLM Qwen2Tokenizer False"
@@ -78,10 +86,17 @@ def test_chat_template_and_prompt_format():
     ids = tok(p.solution, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids, skip_special_tokens=True) == p.solution
     assert all(sum(c.isdigit() for c in t) <= 1 for t in tok.convert_ids_to_tokens(ids))
-    assert type(tok).__name__ == "Qwen2Tokenizer"  # what transformers always loads for model_type qwen2
-    assert "<think>" in tok.convert_ids_to_tokens(ids) and "</think>" in tok.convert_ids_to_tokens(ids)
+    assert (
+        type(tok).__name__ == "Qwen2Tokenizer"
+    )  # what transformers always loads for model_type qwen2
+    assert "<think>" in tok.convert_ids_to_tokens(ids) and "</think>" in tok.convert_ids_to_tokens(
+        ids
+    )
     # byte-level: any text round-trips
-    assert tok.decode(tok("plain text: héllo Привет", add_special_tokens=False)["input_ids"]) == "plain text: héllo Привет"
+    assert (
+        tok.decode(tok("plain text: héllo Привет", add_special_tokens=False)["input_ids"])
+        == "plain text: héllo Привет"
+    )
 
 
 def test_build_tokenizer_deterministic_and_config_checks():

@@ -1,4 +1,4 @@
-"""Backend interface shared by the generation backends."""
+"""Interface shared by the generation backends (``--generator hf|vllm|openai``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from ssgr.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("hf", "vllm", "openai")
+#: The generation backends (``--generator``; ``generator=`` in Python).
+GENERATORS = ("hf", "vllm", "openai")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +73,10 @@ def format_with_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 
 
 def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
-    """Construct a backend by name (``hf``, ``vllm`` or ``openai``)."""
+    """Construct a generation backend by name (``hf``, ``vllm`` or ``openai``).
+
+    Raises :class:`~ssgr.data.errors.DataError` for an unknown name.
+    """
     if name == "hf":
         from ssgr.data.backends.hf import HFBackend
 
@@ -85,4 +89,4 @@ def make_backend(name: str, model: str, **kwargs: Any) -> Backend:
         from ssgr.data.backends.openai import OpenAIBackend
 
         return OpenAIBackend(model, **kwargs)
-    raise DataError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    raise DataError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")

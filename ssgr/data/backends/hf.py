@@ -65,10 +65,10 @@ class SeededSampler:
 
 
 def default_device() -> str:
-    """``cuda`` when available, else ``cpu``."""
-    import torch
+    """``cuda`` when available, else ``cpu`` (:func:`ssgr.models.default_device`)."""
+    from ssgr.models import default_device as _default
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return _default()
 
 
 class HFBackend:
@@ -89,19 +89,13 @@ class HFBackend:
         **_: Any,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ssgr.models import load_model
 
         self.device = torch.device(device or default_device())
         if isinstance(model, str):
-            if dtype is None:
-                tdtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            else:
-                tdtype = getattr(torch, dtype)
-            try:
-                self.model = AutoModelForCausalLM.from_pretrained(model, dtype=tdtype)
-            except OSError as e:
-                raise DataError(f"cannot load model {model!r} with transformers: {e}") from None
-            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            self.model, own_tokenizer = load_model(model, str(self.device), dtype)
+            self.tokenizer = tokenizer or own_tokenizer
         else:
             self.model = model
             if tokenizer is None:
@@ -128,7 +122,9 @@ class HFBackend:
                 if i not in ids:
                     ids.append(int(i))
         if not ids:
-            raise DataError("the model/tokenizer defines no eos token; cannot detect the end of a sample")
+            raise DataError(
+                "the model/tokenizer defines no eos token; cannot detect the end of a sample"
+            )
         return ids
 
     def format_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -143,7 +139,10 @@ class HFBackend:
         if not requests:
             return
         enc = self.tokenizer(
-            [r.prompt for r in requests], return_tensors="pt", padding=True, add_special_tokens=False
+            [r.prompt for r in requests],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
         )
         input_ids = enc["input_ids"].to(self.device)
         attention_mask = enc["attention_mask"].to(self.device)
@@ -152,13 +151,23 @@ class HFBackend:
             max_new = max(1, self.max_positions - input_ids.shape[1])
             if not self._warned_cap:
                 logger.warning(
-                    "max_new_tokens %d exceeds the model's %d positions; capped to %d for this batch",
-                    self.max_new_tokens, self.max_positions, max_new,
+                    "max_new_tokens %d exceeds the model's %d positions; "
+                    "capped to %d for this batch",
+                    self.max_new_tokens,
+                    self.max_positions,
+                    max_new,
                 )
                 self._warned_cap = True
-        sampler = SeededSampler([r.seed for r in requests], self.temperature, self.top_p, self.device)
+        sampler = SeededSampler(
+            [r.seed for r in requests], self.temperature, self.top_p, self.device
+        )
+        # greedy around the seeded sampler; temperature / top_p set to their neutral values so
+        # that the model's own sampling defaults (generation_config.json) are not merged in and
+        # reported by transformers as "may be ignored": ssgr's sampler applies them instead
         gen_config = GenerationConfig(
             do_sample=False,
+            temperature=1.0,
+            top_p=1.0,
             max_new_tokens=max_new,
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
@@ -172,7 +181,7 @@ class HFBackend:
             )
         new = out[:, input_ids.shape[1]:].tolist()
         eos = set(self.eos_ids)
-        for r, toks in zip(requests, new):
+        for r, toks in zip(requests, new, strict=True):
             stop = next((k for k, t in enumerate(toks) if t in eos), None)
             if stop is None:
                 body, num, reason = toks, len(toks), "length"

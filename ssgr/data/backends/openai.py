@@ -1,4 +1,4 @@
-"""OpenAI-compatible HTTP backend (``vllm serve``, SGLang, ...), standard library only.
+"""OpenAI-compatible generation backend (``vllm serve``, SGLang, ...) on the ``openai`` client.
 
 Two APIs:
 
@@ -11,38 +11,37 @@ Two APIs:
   SGLang reasoning parsers) is put back as ``<think>\\n...\\n</think>\\n\\n`` before the content.
 
 Every sample is one request with ``n=1`` and the sample's ``seed``; up to ``concurrency`` requests
-are in flight. Connection errors, timeouts, HTTP 429 and 5xx are retried ``max_retries`` times with
-exponential backoff (``backoff * 2**attempt`` seconds, capped at 60, with jitter); then
-:class:`~ssgr.data.errors.BackendError` is raised. Completions that finished before the error are
-still yielded (and written), so nothing is lost and no half line is written.
+are in flight (one thread-safe ``openai.OpenAI`` client). Retries are the client's own: connection
+errors, timeouts, HTTP 408, 409, 429 and 5xx are retried ``max_retries`` times with its
+exponential backoff (0.5 s doubling up to 8 s, with jitter, or the server's ``Retry-After``);
+then :class:`~ssgr.data.errors.GenerationError` is raised. Completions that finished before the
+error are still yielded (and written), so nothing is lost and no half line is written.
+
+Needs the optional package ``openai`` (``pip install 'ssgr[data]'``).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import logging
-import random
-import socket
-import time
-import urllib.error
-import urllib.request
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ssgr.data.backends.base import Completion, Request, format_with_template
-from ssgr.data.errors import BackendError, DataError
+from ssgr.data.errors import DataError, GenerationError
+from ssgr.errors import missing_extra
 
 logger = logging.getLogger(__name__)
-
-_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 def normalize_base_url(url: str) -> str:
     """``http://host:port`` or ``.../v1`` -> ``.../v1`` (no trailing slash)."""
     u = url.strip().rstrip("/")
     if not u.startswith(("http://", "https://")):
-        raise DataError(f"--server must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
+        raise DataError(
+            f"--server must be an http(s) URL such as http://127.0.0.1:8000, got {url!r}"
+        )
     return u if u.endswith("/v1") else u + "/v1"
 
 
@@ -63,14 +62,13 @@ class OpenAIBackend:
         max_new_tokens: int = 32768,
         concurrency: int = 16,
         max_retries: int = 5,
-        backoff: float = 1.0,
         request_timeout: float = 3600.0,
         api_key: str | None = None,
         served_model_name: str | None = None,
         **_: Any,
     ) -> None:
         if not server:
-            raise DataError("--backend openai needs --server URL (e.g. http://127.0.0.1:8000)")
+            raise DataError("--generator openai needs --server URL (e.g. http://127.0.0.1:8000)")
         self.base = normalize_base_url(server)
         self.model = served_model_name or model
         if isinstance(tokenizer, str):
@@ -84,20 +82,30 @@ class OpenAIBackend:
             raise DataError(f"unknown OpenAI api {api!r}; choose completions or chat")
         if api == "completions" and self.tokenizer is None:
             raise DataError(
-                "the completions API needs the model's tokenizer locally to apply its chat template; "
+                "the completions API needs the model's tokenizer locally to apply its chat "
+                "template; "
                 "pass a tokenizer path or use api='chat'"
             )
         if api == "chat" and self.tokenizer is None:
-            logger.warning("no local tokenizer for %r: stored prompts are the plain user messages", model)
+            logger.warning(
+                "no local tokenizer for %r: stored prompts are the plain user messages", model
+            )
         self.api = api
         self.temperature = temperature
         self.top_p = top_p
         self.max_new_tokens = max_new_tokens
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
-        self.backoff = backoff
-        self.request_timeout = request_timeout
-        self.api_key = api_key
+        try:
+            import openai
+        except ImportError:
+            raise missing_extra("openai", "--generator openai", extra="data") from None
+        self._openai = openai
+        # local servers (vLLM, SGLang) accept any key; the client insists on one
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.client = openai.OpenAI(
+            base_url=self.base, api_key=key, max_retries=self.max_retries, timeout=request_timeout
+        )
 
     @staticmethod
     def _try_tokenizer(name: str) -> Any:
@@ -106,7 +114,9 @@ class OpenAIBackend:
 
             return AutoTokenizer.from_pretrained(name, local_files_only=True)
         except Exception as e:  # any failure just means "no local tokenizer"
-            logger.info("no local tokenizer for %r (%s); using the chat API", name, type(e).__name__)
+            logger.info(
+                "no local tokenizer for %r (%s); using the chat API", name, type(e).__name__
+            )
             return None
 
     def format_prompt(self, messages: list[dict[str, str]]) -> str:
@@ -115,75 +125,55 @@ class OpenAIBackend:
             return format_with_template(self.tokenizer, messages)
         return "\n\n".join(m["content"] for m in messages)
 
-    # ------------------------------------------------------------------ HTTP
-
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        url = self.base + path
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: str = ""
-        for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.request_timeout) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode("utf-8", "replace")[:500]
-                if e.code not in _RETRY_STATUS:
-                    raise BackendError(f"server {url} rejected the request: HTTP {e.code}: {detail}") from None
-                last = f"HTTP {e.code}: {detail}"
-            except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError) as e:
-                last = str(getattr(e, "reason", e))
-            except json.JSONDecodeError as e:
-                raise BackendError(f"server {url} returned invalid JSON: {e}") from None
-            if attempt < self.max_retries:
-                delay = min(60.0, self.backoff * 2**attempt) * (1 + 0.1 * random.random())
-                logger.warning(
-                    "request to %s failed (%s); retry %d/%d in %.1fs",
-                    url, last, attempt + 1, self.max_retries, delay,
-                )
-                time.sleep(delay)
-        raise BackendError(
-            f"could not get a response from the OpenAI-compatible server at {url} after "
-            f"{self.max_retries + 1} attempts (last error: {last}); check that the server "
-            "(e.g. `vllm serve MODEL`) is running and that --server is right"
+    def _create(self, r: Request) -> Any:
+        """One request through the client; its errors become :class:`GenerationError`."""
+        oa = self._openai
+        kw: dict[str, Any] = dict(
+            model=self.model, max_tokens=self.max_new_tokens, temperature=self.temperature,
+            top_p=self.top_p, seed=r.seed, n=1,
         )
+        url = self.base + ("/completions" if self.api == "completions" else "/chat/completions")
+        try:
+            if self.api == "completions":
+                return self.client.completions.create(prompt=r.prompt, **kw)
+            return self.client.chat.completions.create(messages=r.messages, **kw)
+        except oa.APIStatusError as e:
+            detail = (e.response.text if e.response is not None else str(e))[:500]
+            raise GenerationError(
+                f"server {url} rejected the request: HTTP {e.status_code}: {detail}"
+            ) from None
+        except (oa.APIConnectionError, oa.APITimeoutError) as e:
+            cause = e.__cause__ or e
+            raise GenerationError(
+                f"could not get a response from the OpenAI-compatible server at {url} after "
+                f"{self.max_retries + 1} attempts (last error: {cause}); check that the server "
+                "(e.g. `vllm serve MODEL`) is running and that --server is right"
+            ) from None
+        except oa.APIResponseValidationError as e:
+            raise GenerationError(f"server {url} returned an unexpected response: {e}") from None
 
     def _one(self, r: Request) -> Completion:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": r.seed,
-            "n": 1,
-        }
-        if self.api == "completions":
-            body["prompt"] = r.prompt
-            out = self._post("/completions", body)
-        else:
-            body["messages"] = r.messages
-            out = self._post("/chat/completions", body)
+        out = self._create(r)
         try:
-            choice = out["choices"][0]
+            choice = out.choices[0]
             if self.api == "completions":
-                text = choice["text"]
+                text = choice.text
             else:
-                msg = choice["message"]
-                text = msg.get("content") or ""
-                reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+                msg = choice.message
+                extra = msg.model_extra or {}
+                text = msg.content or ""
+                reasoning = extra.get("reasoning_content") or extra.get("reasoning")
                 if reasoning:
                     text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-            raw_reason = choice.get("finish_reason")
-        except (KeyError, IndexError, TypeError) as e:
-            raise BackendError(f"unexpected response from {self.base}: missing {e}: {str(out)[:300]}") from None
-        usage = out.get("usage") or {}
-        num = usage.get("completion_tokens")
+            raw_reason = choice.finish_reason
+        except (AttributeError, IndexError, TypeError) as e:
+            raise GenerationError(
+                f"unexpected response from {self.base}: {e}: {str(out)[:300]}"
+            ) from None
+        num = out.usage.completion_tokens if out.usage is not None else None
         if num is None:
             if self.tokenizer is None:
-                raise BackendError(f"server {self.base} reported no usage.completion_tokens")
+                raise GenerationError(f"server {self.base} reported no usage.completion_tokens")
             num = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if raw_reason not in ("stop", "length"):
             logger.debug("finish_reason %r treated as 'stop'", raw_reason)
@@ -210,4 +200,5 @@ class OpenAIBackend:
             raise error
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the client's connection pool."""
+        self.client.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ssgr.data.backends.base import Completion, Request, format_with_template
-from ssgr.data.errors import missing_extra
+from ssgr.errors import missing_extra
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class VLLMBackend:
         try:
             import vllm
         except ImportError:
-            raise missing_extra("vllm", "vllm", "--backend vllm") from None
+            raise missing_extra("vllm", "--generator vllm") from None
         self._vllm = vllm
         kwargs = dict(llm_kwargs or {})
         kwargs.setdefault("seed", seed)
@@ -70,7 +70,7 @@ class VLLMBackend:
             for r in requests
         ]
         outs = self.llm.generate([r.prompt for r in requests], params, use_tqdm=False)
-        for r, o in zip(requests, outs):
+        for r, o in zip(requests, outs, strict=True):
             c = o.outputs[0]
             reason = "length" if c.finish_reason == "length" else "stop"
             yield Completion(r, c.text, len(c.token_ids), reason)
