@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
-.PHONY: setup run test lint install-check bench cuda-check gpu clean
+.PHONY: setup run test lint install-check bench cuda-check gpu-check gpu clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ bench: setup
 NVCC ?= nvcc
 cuda-check:
 	@set -e; for f in $(wildcard csrc/*.cu); do echo "nvcc $$f"; $(NVCC) -std=c++17 -arch=sm_90a -O3 --use_fast_math -Werror all-warnings -c $$f -o /dev/null; done
+
+# Static sm_90a check of every Triton config and CUDA kernel (no GPU needed): registers, spills,
+# shared memory, tensor-core instructions; fails on a spill in a loop or on missing tensor-core
+# instructions where a kernel claims them; rewrites benchmarks/results/sm90a-static.md.
+gpu-check: setup
+	NVCC=$(NVCC) $(PY) benchmarks/sm90_static.py --write benchmarks/results/sm90a-static.md
 
 # On a GPU machine that already has torch, triton, pybind11, pytest and pytest-benchmark (no
 # internet): build ssgr with the CUDA extension for sm_90a, run the GPU tests, then the GPU

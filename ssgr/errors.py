@@ -18,6 +18,7 @@ EXTRAS: dict[str, str] = {
     "reasoning_gym": "data",
     "gensim": "data",
     "gguf": "data",
+    "openai": "data",
     "matplotlib": "data",
     "triton": "triton",
     "vllm": "vllm",

@@ -139,7 +139,9 @@ def _kwargs(f: dataclasses.Field, tp: Any) -> tuple[list[str], dict[str, Any]]:
         if m["metavar"]:
             kw["metavar"] = m["metavar"]
         if default is not None and default is not False and default != []:
-            shown = m["sep"].join(map(str, default)) if m["sep"] and origin in (list, tuple) else default
+            shown = default
+            if m["sep"] and origin in (list, tuple):
+                shown = m["sep"].join(map(str, default))
             helptext = f"{helptext} (default: {shown})"
     if required and not m["positional"]:
         kw["required"] = True
@@ -162,10 +164,11 @@ def add_options(
         names, kw = _kwargs(f, hints[f.name])
         action = parser.add_argument(*names, **kw)
         for old in m["deprecated"]:
+            nargs = action.nargs if action.nargs is not None else (0 if kw.get("action") else None)
             parser.add_argument(
                 old, dest=f.name, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
                 action=_Deprecated, new_flag=names[-1], inner=action,
-                nargs=action.nargs if action.nargs is not None else (0 if kw.get("action") else None),
+                nargs=nargs,
                 **({"type": action.type} if action.type is not None else {}),
                 **({"choices": action.choices} if action.choices is not None else {}),
             )
