@@ -136,7 +136,8 @@ def prepare_out(cfg: PruneConfig, src: Path, fp: dict) -> OutPlan:
 
     ``--resume`` of a finished run (``prune_report.json`` present: it is written before the
     state folder is removed) or of an interrupted one (``.ssgr_state/state.json``) is accepted
-    only when the saved fingerprint equals ``fp``.
+    only when the saved fingerprint equals ``fp``. A ``--resume`` that finds only ssgr's own
+    files and no checkpoint (killed before the state folder appeared) starts from layer 0.
 
     Raises:
         PruneError when ``--out`` is a file or the source model, holds another run (its
@@ -163,11 +164,17 @@ def prepare_out(cfg: PruneConfig, src: Path, fp: dict) -> OutPlan:
             if diffs:
                 raise _mismatch(out, diffs)
             return OutPlan(out, state=state)
+        foreign = foreign_files(out)
+        if cfg.resume and not foreign:
+            # only files of ours and no checkpoint (a run killed before its state folder
+            # appeared): nothing to resume from, nothing to lose; start at layer 0
+            log.warning("--resume: %s holds no checkpoint of a run (only ssgr's own files); "
+                        "starting from layer 0", out)
+            return OutPlan(out, remove=True)
         if cfg.resume:
             raise PruneError(f"--resume: {out} holds no resumable ssgr run (no {STATE_DIR}/"
                              "state.json); use --overwrite to replace it")
         if cfg.overwrite:
-            foreign = foreign_files(out)
             if foreign:
                 raise PruneError(foreign_files_message(out, foreign, "--overwrite"))
             return OutPlan(out, remove=True)
