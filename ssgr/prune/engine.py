@@ -43,6 +43,7 @@ from .config import PruneConfig, resolve_device, validate
 from .errors import MissingFileError, PruneError
 from .layers import LayerPlan, find_decoder_layers, plan_layer, select_targets
 from .orders import ORDERS, LayerContext, RunParts
+from .pattern import Pattern
 from .report import Timer, build_report, format_table
 from .state import (
     REPORT,
@@ -184,10 +185,13 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
             successor's inputs checkpointed (not for layers skipped by ``--resume``); an
             exception it raises stops the run there, resumable.
     Returns:
-        the report: ``modules`` (one record per pruned module: sparsity, reconstruction loss,
-        damping, tokens, seconds, backend) and ``totals`` (``wall_s``, ``breakdown_s`` in
-        seconds, which sums to at most ``wall_s`` (see :mod:`ssgr.prune.report`), peak memory in
-        bytes, the activation store, overall sparsity).
+        the report: ``modules`` (one record per pruned module: sparsity measured on the written
+        weight, reconstruction loss, damping, tokens, dead inputs, seconds, backend, and a
+        ``flag`` when the sparsity misses the pattern), ``totals`` (``wall_s``, ``breakdown_s``
+        in seconds, which sums to at most ``wall_s`` (see :mod:`ssgr.prune.report`), peak memory
+        in bytes, the activation store, overall sparsity, ``flagged`` module names) and
+        ``fingerprint`` (:func:`~ssgr.prune.state.fingerprint`, checked by ``--resume``).
+        The whole run holds the lock of ``--out`` (:func:`ssgr.io.output_lock`).
     Raises:
         PruneError / CalibError / ActivationError (all :class:`~ssgr.errors.SSGRError` and
         ``ValueError``; MissingFileError is also a ``FileNotFoundError``) for bad input, naming
@@ -207,7 +211,7 @@ def _owned_names(s: _Setup) -> list[str]:
             + [loader.INDEX, "config.json", REPORT, STATE_DIR] + loader.copied_files(s.src))
 
 
-def _run(cfg: PruneConfig, pattern, device: torch.device, on_layer_done: LayerDone | None,
+def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done: LayerDone | None,
          t_start: float) -> dict:
     """:func:`prune_model` under the run lock of ``--out``."""
     s = _setup(cfg, device)
