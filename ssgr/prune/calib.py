@@ -1,13 +1,21 @@
 """Calibration sets: ``CALIB.jsonl`` with one sequence per line.
 
 Each line is a JSON object with ``"input_ids": [int, ...]`` or ``"text": "..."`` (tokenized with the
-model's tokenizer, special tokens added as the tokenizer does by default). Every other field is
-kept as provenance. Sequences are never padded together: each is run alone with batch 1.
+model's tokenizer, special tokens added as the tokenizer does by default). Sequences are never
+padded together: each is run alone with batch 1.
+
+Per-token fields: ``"attention_mask": [0/1, ...]`` (as long as the sequence) is honoured: masked
+positions add nothing to Hessians or column norms. When its ones are one contiguous run (left
+and/or right padding) the padding is dropped before the forward, so the run equals that of the
+unpadded line bit for bit; any other mask (a hole inside) keeps every token in the forward (as
+context) and excludes the masked positions from the statistics
+(:attr:`CalibSequence.stat_positions`). Other per-token fields (:data:`REFUSED_TOKEN_FIELDS`, or
+any list as long as the sequence) are refused with ``file:line``, never ignored. Every other field
+is kept as provenance.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ssgr.io import file_sha256 as io_file_sha256
 from ssgr.io import iter_jsonl
 
 from .errors import CalibError, MissingFileError, PruneError
@@ -24,26 +33,68 @@ log = logging.getLogger(__name__)
 MAX_TOKENS = 32768
 
 
+#: Per-token fields a calibration line may not carry (ssgr cannot honour them).
+REFUSED_TOKEN_FIELDS = ("labels", "position_ids", "token_type_ids", "loss_mask",
+                        "special_tokens_mask", "cross_attention_mask")
+
+
 @dataclass
 class CalibSequence:
-    """One calibration sequence: ``input_ids[1, t]`` (int64, CPU), its line and provenance."""
+    """One calibration sequence: ``input_ids[1, t]`` (int64, CPU), its line and provenance.
+
+    stat_positions: ``[k]`` int64 (CPU, ascending) positions whose activations feed the
+    Hessians / column norms, None for all ``t``. Every position still runs through the model.
+    """
 
     input_ids: torch.Tensor
     line: int
     provenance: dict = field(default_factory=dict)
+    stat_positions: torch.Tensor | None = None
 
     @property
     def tokens(self) -> int:
+        """Tokens run through the model."""
         return int(self.input_ids.shape[-1])
+
+    @property
+    def stat_tokens(self) -> int:
+        """Tokens that feed the statistics."""
+        return self.tokens if self.stat_positions is None else int(self.stat_positions.numel())
+
+
+def apply_attention_mask(
+    ids: list[int], mask, where: str
+) -> tuple[list[int], torch.Tensor | None, int]:
+    """Honour a line's ``attention_mask`` (see the module docstring).
+
+    Returns:
+        ``(ids, stat_positions, dropped)``: the ids to run (padding removed when the ones are
+        contiguous), the statistics positions (None: all) and the number of padding tokens
+        dropped.
+    Raises:
+        CalibError naming ``where`` (``file:line``) when the mask is not a list of 0/1 of the
+        sequence's length, or masks every token.
+    """
+    if not isinstance(mask, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v in (0, 1) for v in mask
+    ):
+        raise CalibError(f"{where}: \"attention_mask\" must be a list of 0/1 ints")
+    if len(mask) != len(ids):
+        raise CalibError(f"{where}: \"attention_mask\" has {len(mask)} values but the sequence "
+                         f"has {len(ids)} tokens; they must be equally long")
+    ones = [i for i, v in enumerate(mask) if v]
+    if not ones:
+        raise CalibError(f"{where}: \"attention_mask\" masks every token (all 0); remove the "
+                         "line")
+    lo, hi = ones[0], ones[-1] + 1
+    if hi - lo == len(ones):  # contiguous: padding on the left and/or the right
+        return ids[lo:hi], None, len(ids) - len(ones)
+    return ids, torch.tensor(ones, dtype=torch.long), 0
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (part of the resume fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex sha256 of a file's bytes (:func:`ssgr.io.file_sha256`)."""
+    return io_file_sha256(path)
 
 
 #: Files whose presence in a model directory means it has a tokenizer.
@@ -95,16 +146,16 @@ def load_calibration(
     Returns:
         the sequences in file order.
     Raises:
-        CalibError naming ``path:line`` for an empty, corrupt, too long or out-of-vocabulary line
-        (the JSON itself is read by :func:`ssgr.io.iter_jsonl`); MissingFileError when ``path``
-        does not exist.
+        CalibError naming ``path:line`` for an empty, corrupt, too long or out-of-vocabulary line,
+        a bad ``attention_mask`` or an unsupported per-token field (the JSON itself is read by
+        :func:`ssgr.io.iter_jsonl`); MissingFileError when ``path`` does not exist.
     """
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(
             f"calibration file {p} does not exist; pass --calib CALIB.jsonl")
     out: list[CalibSequence] = []
-    last = 0
+    last = padded = holes = 0
     for lineno, obj in iter_jsonl(p, "calibration", error=CalibError):
         if max_sequences is not None and len(out) >= max_sequences:
             break
@@ -121,7 +172,7 @@ def load_calibration(
                 isinstance(t, int) and not isinstance(t, bool) for t in ids
             ):
                 raise CalibError(f"{where}: \"input_ids\" must be a list of ints")
-            prov = {k: v for k, v in obj.items() if k != "input_ids"}
+            prov = {k: v for k, v in obj.items() if k not in ("input_ids", "attention_mask")}
         elif "text" in obj:
             if not isinstance(obj["text"], str):
                 raise CalibError(f"{where}: \"text\" must be a string")
@@ -134,7 +185,7 @@ def load_calibration(
                 ids = list(tokenize(obj["text"]))
             except (ValueError, OSError) as exc:
                 raise CalibError(f"{where}: {exc}") from None
-            prov = {k: v for k, v in obj.items() if k != "text"}
+            prov = {k: v for k, v in obj.items() if k not in ("text", "attention_mask")}
         else:
             raise CalibError(
                 f"{where}: no \"input_ids\" or \"text\" field "
@@ -142,6 +193,19 @@ def load_calibration(
             )
         if not ids:
             raise CalibError(f"{where}: the sequence is empty (0 tokens); remove this line")
+        for k, v in prov.items():
+            if k in REFUSED_TOKEN_FIELDS or (isinstance(v, list) and len(v) == len(ids)
+                                             and len(ids) > 1):
+                raise CalibError(
+                    f"{where}: per-token field \"{k}\" is not supported: ssgr calibrates on "
+                    "every token, except positions an \"attention_mask\" sets to 0; remove the "
+                    "field (or express it as attention_mask)"
+                )
+        pos = None
+        if "attention_mask" in obj:
+            ids, pos, dropped = apply_attention_mask(ids, obj["attention_mask"], where)
+            padded += dropped
+            holes += pos is not None
         if len(ids) > max_tokens:
             raise CalibError(
                 f"{where}: sequence of {len(ids)} tokens is longer than the limit of "
@@ -154,9 +218,14 @@ def load_calibration(
                 f"{where}: token id {hi if hi >= vocab_size else lo} is outside the model's "
                 f"vocabulary [0, {vocab_size}); was the set tokenized for another model?"
             )
-        out.append(CalibSequence(torch.tensor([ids], dtype=torch.long), lineno, prov))
+        out.append(CalibSequence(torch.tensor([ids], dtype=torch.long), lineno, prov, pos))
     if not out:
         raise CalibError(f"{p}: no calibration sequences (the file is empty)")
+    if padded:
+        log.info("calibration: attention_mask padding removed (%d tokens)", padded)
+    if holes:
+        log.info("calibration: %d lines mask positions inside the sequence: those tokens run "
+                 "through the model but add nothing to the statistics", holes)
     log.info("calibration: %d sequences, %d tokens from %s", len(out),
              sum(s.tokens for s in out), p)
     return out

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssgr.io import claim_files, output_lock, remove_owned
+
 from . import loader
 from .calib import MAX_TOKENS, CalibSequence, load_calibration, model_tokenizer
 from .capture import capture, slice_kwargs
@@ -42,8 +43,17 @@ from .config import PruneConfig, resolve_device, validate
 from .errors import MissingFileError, PruneError
 from .layers import LayerPlan, find_decoder_layers, plan_layer, select_targets
 from .orders import ORDERS, LayerContext, RunParts
+from .pattern import Pattern
 from .report import Timer, build_report, format_table
-from .state import REPORT, STATE_DIR, OutPlan, RunState, fingerprint, prepare_out
+from .state import (
+    REPORT,
+    STATE_DIR,
+    OutPlan,
+    RunState,
+    fingerprint,
+    prepare_out,
+    remove_leftovers,
+)
 from .store import ActivationStore, choose_store, fmt_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
@@ -64,7 +74,7 @@ class _Setup:
 
     src: Path
     plan: OutPlan
-    fp: str
+    fp: dict
     dtype: torch.dtype = torch.float32
     model: nn.Module | None = None
     layer_prefix: str = ""
@@ -87,10 +97,10 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     if plan.complete:
         return _Setup(src, plan, fp)
     config = loader.load_config(src)
-    dtype = loader.resolve_dtype(cfg.dtype, config)
+    ckpt = loader.SafetensorsCheckpoint(src)
+    dtype = loader.resolve_dtype(cfg.dtype, config, ckpt)
     model = loader.build_skeleton(src, dtype, config)
     layer_prefix, layers = find_decoder_layers(model)
-    ckpt = loader.SafetensorsCheckpoint(src)
     targets = [select_targets(layer, f"{layer_prefix}.{i}", cfg.targets, cfg.ignore)
                for i, layer in enumerate(layers)]
     if not any(targets):
@@ -119,8 +129,8 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
 
 def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[ActivationStore, dict]:
     """Size the activation store (2 slots of ``tokens x hidden``, 3 for ``module`` order) and
-    pick where it lives (:func:`~ssgr.prune.store.choose_store`); removes ``--out`` first when
-    ``--overwrite`` replaces it. Returns the store and its report entry."""
+    pick where it lives (:func:`~ssgr.prune.store.choose_store`). Returns the store and its
+    report entry."""
     conf = s.model.config
     hidden = int(conf.hidden_size)
     tokens = sum(q.tokens for q in s.seqs)
@@ -131,11 +141,7 @@ def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[Acti
     reserve = layer_bytes + 4 * 4 * int(getattr(conf, "intermediate_size", hidden)) ** 2
     kind, reason = choose_store(cfg.offload, device, need, parse_bytes(
         cfg.max_activation_memory), reserve)
-    out = s.plan.out
-    if s.plan.remove:
-        log.warning("--overwrite: removing %s", out)
-        shutil.rmtree(out)
-    store = ActivationStore(kind, device, out / STATE_DIR / "store")
+    store = ActivationStore(kind, device, s.plan.out / STATE_DIR / "store")
     log.info("activation store: %s (%s)", kind, reason)
     return store, {"kind": kind, "reason": reason, "estimate_bytes": need}
 
@@ -179,27 +185,47 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
             successor's inputs checkpointed (not for layers skipped by ``--resume``); an
             exception it raises stops the run there, resumable.
     Returns:
-        the report: ``modules`` (one record per pruned module: sparsity, reconstruction loss,
-        damping, tokens, seconds, backend) and ``totals`` (``wall_s``, ``breakdown_s`` in
-        seconds, which sums to at most ``wall_s`` (see :mod:`ssgr.prune.report`), peak memory in
-        bytes, the activation store, overall sparsity).
+        the report: ``modules`` (one record per pruned module: sparsity measured on the written
+        weight, reconstruction loss, damping, tokens, dead inputs, seconds, backend, and a
+        ``flag`` when the sparsity misses the pattern), ``totals`` (``wall_s``, ``breakdown_s``
+        in seconds, which sums to at most ``wall_s`` (see :mod:`ssgr.prune.report`), peak memory
+        in bytes, the activation store, overall sparsity, ``flagged`` module names) and
+        ``fingerprint`` (:func:`~ssgr.prune.state.fingerprint`, checked by ``--resume``).
+        The whole run holds the lock of ``--out`` (:func:`ssgr.io.output_lock`).
     Raises:
         PruneError / CalibError / ActivationError (all :class:`~ssgr.errors.SSGRError` and
         ``ValueError``; MissingFileError is also a ``FileNotFoundError``) for bad input, naming
-        the file and line, layer and module, and the fix.
+        the file and line, layer and module, and the fix; :class:`ssgr.io.OutputLockedError`
+        at once when another run holds ``--out`` (naming its pid).
     """
     t_start = time.perf_counter()
     pattern = validate(cfg)
     device = resolve_device(cfg.device)
+    with output_lock(cfg.out, "--out"):
+        return _run(cfg, pattern, device, on_layer_done, t_start)
+
+
+def _owned_names(s: _Setup) -> list[str]:
+    """Everything the run may write in ``--out`` (claimed in its manifest before writing)."""
+    return ([loader.REST_SHARD] + [loader.layer_shard_name(i) for i in range(len(s.layers))]
+            + [loader.INDEX, "config.json", REPORT, STATE_DIR] + loader.copied_files(s.src))
+
+
+def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done: LayerDone | None,
+         t_start: float) -> dict:
+    """:func:`prune_model` under the run lock of ``--out``."""
     s = _setup(cfg, device)
     out = s.plan.out
     if s.plan.complete:
+        remove_leftovers(out, finished=True)
         log.info("%s is already complete; nothing to resume", cfg.out)
         return json.loads((out / REPORT).read_text())
-
-    store, store_info = _open_store(cfg, s, device)
+    if s.plan.remove:
+        log.warning("--overwrite: removing the files ssgr wrote in %s", out)
+        remove_owned(out)
+    claim_files(out, _owned_names(s))
+    remove_leftovers(out, finished=False)
     state = RunState(out, s.fp, len(s.layers), len(s.seqs))
-    timer = Timer(device)
     records = []
     start = 0
     if s.plan.state is not None:
@@ -208,6 +234,8 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
         log.info("resuming %s at layer %d", out, start)
     else:
         state.start()
+    store, store_info = _open_store(cfg, s, device)
+    timer = Timer(device)
     writer = loader.OutputWriter(s.src, out, s.dtype)
     with timer.stage("io"):
         rest = loader.load_outside_layers(s.model, s.ckpt, s.layer_prefix, s.dtype)
@@ -248,6 +276,11 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
         wall_s=time.perf_counter() - t_start, timer=timer, store_info=store_info,
         store_peak_bytes=store.peak_bytes,
     )
+    report["fingerprint"] = s.fp
+    flagged = report["totals"]["flagged"]
+    if flagged:
+        log.warning("%d module(s) deviate from the %s pattern (flagged in the report): %s",
+                    len(flagged), pattern, ", ".join(flagged[:8]))
     store.close()
     state.finish(report)
     return report

@@ -103,16 +103,68 @@ class SafetensorsCheckpoint:
         return out
 
 
-def resolve_dtype(name: str, config) -> torch.dtype:
-    """``--dtype``: auto takes the config's dtype (float32 when it has none)."""
-    if name == "auto":
-        d = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        if isinstance(d, str):
-            d = _DTYPES.get(d.removeprefix("torch."), torch.float32)
-        return d if isinstance(d, torch.dtype) else torch.float32
-    if name not in _DTYPES:
+_HEADER_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+def checkpoint_dtypes(ckpt: SafetensorsCheckpoint) -> dict[str, int]:
+    """Bytes per floating-point dtype over the checkpoint's tensors, read from the safetensors
+    headers (no tensor data): e.g. ``{"BF16": 270000000}``."""
+    from safetensors import safe_open
+
+    by_file: dict[Path, list[str]] = {}
+    for k, f in ckpt.key_file.items():
+        by_file.setdefault(f, []).append(k)
+    out: dict[str, int] = {}
+    for f, ks in by_file.items():
+        with safe_open(str(f), framework="pt") as sf:
+            for k in ks:
+                sl = sf.get_slice(k)
+                dt = sl.get_dtype()
+                if dt.startswith(("F", "BF")):
+                    numel = 1
+                    for n in sl.get_shape():
+                        numel *= n
+                    out[dt] = out.get(dt, 0) + numel * _itemsize(dt)
+    return out
+
+
+def resolve_dtype(name: str, config, ckpt: SafetensorsCheckpoint | None = None) -> torch.dtype:
+    """``--dtype``: the compute and output dtype.
+
+    ``auto`` keeps the checkpoint's own dtype, read from its safetensors headers (``ckpt``): a
+    bf16 checkpoint is pruned and written in bf16, an fp16 one in fp16, a float32 one in float32.
+    A mixed checkpoint (several floating dtypes) uses the dtype its config names
+    (``dtype`` / ``torch_dtype``) when that is one of them, else float32 (which holds bf16 and
+    fp16 values exactly), with a WARNING. Without ``ckpt`` (or without floating tensors) the
+    config's dtype is used, float32 when it names none.
+
+    Raises:
+        PruneError for a name other than auto, bfloat16, float16 or float32.
+    """
+    if name not in _DTYPES and name != "auto":
         raise PruneError(f"--dtype must be auto, bfloat16, float16 or float32, got {name!r}")
-    return _DTYPES[name]
+    if name != "auto":
+        return _DTYPES[name]
+    d = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
+    if isinstance(d, str):
+        d = _DTYPES.get(d.removeprefix("torch."))
+    conf_dtype = d if isinstance(d, torch.dtype) else None
+    found = checkpoint_dtypes(ckpt) if ckpt is not None else {}
+    if not found:
+        return conf_dtype or torch.float32
+    if len(found) == 1:
+        dt = next(iter(found))
+        if dt in _HEADER_DTYPES:
+            return _HEADER_DTYPES[dt]
+    kinds = {_HEADER_DTYPES.get(k) for k in found}
+    pick = conf_dtype if conf_dtype in kinds else torch.float32
+    log.warning(
+        "--dtype auto: the checkpoint mixes floating dtypes (%s); computing and writing in %s "
+        "(%s); pass --dtype to choose", ", ".join(f"{k} {v} bytes" for k, v in
+                                               sorted(found.items())),
+        str(pick).removeprefix("torch."),
+        "the config's dtype" if pick is conf_dtype else "float32 holds bf16 and fp16 exactly")
+    return pick
 
 
 def load_config(folder: Path):
@@ -236,6 +288,15 @@ def layer_tensors(layer: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in layer.state_dict().items()}
 
 
+def copied_files(src: Path) -> list[str]:
+    """Names of the source directory's files copied into the output (tokenizer, generation
+    config, ...: every plain file except weights, config.json, the index, a report and hidden
+    files)."""
+    return [f.name for f in sorted(src.iterdir())
+            if f.is_file() and f.name not in ("config.json", INDEX, "prune_report.json")
+            and not f.name.endswith(_SKIP_COPY_SUFFIXES) and not f.name.startswith(".")]
+
+
 @dataclass
 class OutputWriter:
     """Writes the pruned model directory ``out``; :meth:`finish` makes it loadable."""
@@ -266,10 +327,8 @@ class OutputWriter:
                     total += numel * _itemsize(sl.get_dtype())
         write_json_atomic(self.out / INDEX,
                           {"metadata": {"total_size": total}, "weight_map": weight_map})
-        for f in sorted(self.src.iterdir()):
-            if (f.is_file() and f.name not in ("config.json", INDEX, "prune_report.json")
-                    and not f.name.endswith(_SKIP_COPY_SUFFIXES) and not f.name.startswith(".")):
-                shutil.copyfile(f, self.out / f.name)
+        for name in copied_files(self.src):
+            shutil.copyfile(self.src / name, self.out / name)
         cfg = json.loads((self.src / "config.json").read_text())
         name = str(self.dtype).removeprefix("torch.")
         for key in ("dtype", "torch_dtype"):

@@ -19,6 +19,7 @@ inputs in store slot ``"out"``.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ from .errors import ActivationError, PruneError
 from .layers import LayerPlan, _Stop, group_name, layer_output
 from .methods import prune_weight
 from .pattern import Pattern
-from .report import ModuleRecord, Timer
+from .report import ModuleRecord, Timer, deviation
 from .store import ActivationStore, parse_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,6 +77,24 @@ class LayerContext:
         self.plan = plan
         self.prefix = f"{run.layer_prefix}.{li}"
         self.mods = dict(layer.named_modules())
+        #: The sequence now running through the layer (set by the orders' hooked passes): its
+        #: statistics positions select what the hooks feed to the accumulators.
+        self.cur = 0
+        self._sel: dict[int, torch.Tensor] = {}
+
+    def stat_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of a module input ``x[1, t, d]`` of sequence :attr:`cur` that feeds the
+        statistics: the positions its calibration line selects
+        (:attr:`~ssgr.prune.calib.CalibSequence.stat_positions`, e.g. ``attention_mask`` ones),
+        all of ``x`` when it selects every position. Per-token selection lives here, so any
+        rule that picks positions (a mask, prompt vs response) is applied the same way."""
+        pos = self.run.seqs[self.cur].stat_positions
+        if pos is None:
+            return x
+        sel = self._sel.get(self.cur)
+        if sel is None or sel.device != x.device:
+            sel = self._sel[self.cur] = pos.to(x.device)
+        return x.index_select(1, sel)
 
     @property
     def n(self) -> int:
@@ -122,7 +143,7 @@ class LayerContext:
             x = args[0]
             if acc is not None:
                 with timer.stage("hessian"):
-                    acc.add(x)
+                    acc.add(self.stat_input(x))
             if on_input is not None:
                 on_input(x)
             if stop:
@@ -141,6 +162,7 @@ class LayerContext:
         run, cfg = self.run, self.run.cfg
         group = self.plan.groups[gi]
         H = None
+        dead = None
         # reading the result accumulates the accumulator's last gathered inputs: Hessian time
         with run.timer.stage("hessian"):
             if cfg.method == "sparsegpt":
@@ -148,11 +170,16 @@ class LayerContext:
                     H = acc.hessian()
                 except ValueError as exc:
                     raise ActivationError(str(exc)) from None
+                dead = int((H.diagonal() == 0).sum())
             elif cfg.method == "wanda":
                 try:
-                    acc.col_sq_norms()
+                    dead = int((acc.col_sq_norms() == 0).sum())
                 except ValueError as exc:
                     raise ActivationError(str(exc)) from None
+        # An under-calibrated module (dead inputs, an expert few tokens reached) is pruned as
+        # the method decides and flagged below; a fallback policy (e.g. magnitude pruning for
+        # such modules) belongs here, before prune_weight, once the model-coverage issue
+        # defines it.
         with run.timer.stage("obs"):
             for name in group:
                 t1 = time.perf_counter()
@@ -165,13 +192,19 @@ class LayerContext:
                     raise PruneError(f"layer {self.li}, module {self.prefix}.{name}: {exc}") \
                         from None
                 W.copy_(res.weight)
+                # measured on the weight as it is written (the run's dtype), not on the mask
+                zero = float((W == 0).sum()) / W.numel()
+                flag = deviation(zero, run.pattern.fraction, int(W.shape[1]), dead)
+                if flag:
+                    log.warning("layer %d, module %s.%s: %s", self.li, self.prefix, name, flag)
                 run.timer.sync()
                 run.records.append(ModuleRecord(
                     name=f"{self.prefix}.{name}", layer=self.li, group=group_name(group),
                     shape=[int(W.shape[0]), int(W.shape[1])],
-                    sparsity=1.0 - float(res.mask.float().mean()), loss=res.loss,
+                    sparsity=zero, loss=res.loss,
                     damping=res.damping, tokens=acc.tokens if acc is not None else 0,
                     seconds=time.perf_counter() - t1, backend=res.backend,
+                    flag=flag, dead_inputs=dead,
                 ))
 
     def may_cache(self, structural: bool, in_features: int) -> bool:
@@ -220,6 +253,7 @@ class LayerOrder:
         try:
             with run.timer.stage("forward"):
                 for i in range(ctx.n):
+                    ctx.cur = i
                     y = layer_output(ctx.layer(run.store.get("in", i), **run.kwargs(i)))
                     if not bad and not bool(torch.isfinite(y).all()):
                         bad.append((i, y))  # raised after the Hessian checks: they name the module
@@ -270,6 +304,7 @@ class ModuleOrder:
             try:
                 with timer.stage("forward"):
                     for i in range(ctx.n):
+                        ctx.cur = i
                         kw = run.kwargs(i) if call_kwargs else {}
                         try:
                             sub(norm(store.get("in", i)), **kw)

@@ -101,6 +101,26 @@ class ModuleRecord:
     tokens: int
     seconds: float
     backend: str
+    flag: str | None = None
+    dead_inputs: int | None = None
+
+
+#: Allowed distance of a module's zero fraction from the target (plus one weight per row).
+DEVIATION_TOLERANCE = 0.01
+
+
+def deviation(measured: float, target: float, cols: int, dead: int | None) -> str | None:
+    """Why a module's written zero fraction ``measured`` deviates from the ``target`` fraction,
+    or None when it is within :data:`DEVIATION_TOLERANCE` + ``1 / cols`` (per-row rounding).
+    E.g. SparseGPT zeroes the input columns no calibration token reached (``dead``), all of
+    them for an all-zero Hessian."""
+    if abs(measured - target) <= DEVIATION_TOLERANCE + 1.0 / max(cols, 1):
+        return None
+    why = f"{measured:.1%} of its weights are zero, the target is {target:.1%}"
+    if dead:
+        why += (f"; {dead} of its {cols} inputs were exactly zero on every calibration token "
+                "(dead inputs: zeroed norm weights, or an expert no token reached)")
+    return why
 
 
 def overall_sparsity(records: list[ModuleRecord]) -> float:
@@ -136,6 +156,7 @@ def build_report(
         "dtype": str(dtype).removeprefix("torch."),
         "sequences": len(seqs),
         "tokens": sum(s.tokens for s in seqs),
+        "statistics_tokens": sum(s.stat_tokens for s in seqs),
         "tokens_note": "Hessians are averaged over tokens, not sequences",
         "layers": layers,
         "resumed_from_layer": start,
@@ -147,6 +168,7 @@ def build_report(
             "peak_gpu_bytes": int(peak_gpu),
             "activation_store": {**store_info, "peak_bytes": store_peak_bytes},
             "sparsity": overall_sparsity(records),
+            "flagged": [r.name for r in records if r.flag],
         },
     }
 
@@ -155,14 +177,15 @@ def format_modules(recs: list[dict]) -> list[str]:
     """Header, rule and one line per module record (``asdict`` of :class:`ModuleRecord`)."""
     width = max([len(r["name"]) for r in recs] + [6])
     head = (f"{'module':<{width}} {'shape':>11} {'sparsity':>8} {'loss':>11} {'damp':>7} "
-            f"{'tokens':>8} {'sec':>7} backend")
+            f"{'tokens':>8} {'sec':>7} backend  flag")
     lines = [head, "-" * len(head)]
     for r in recs:
         loss = f"{r['loss']:11.4g}" if r["loss"] is not None else f"{'-':>11}"
         damp = f"{r['damping']:7.3g}" if r["damping"] is not None else f"{'-':>7}"
         shape = f"{r['shape'][0]}x{r['shape'][1]}"
         lines.append(f"{r['name']:<{width}} {shape:>11} {r['sparsity']:8.4f} {loss} {damp} "
-                     f"{r['tokens']:8d} {r['seconds']:7.3f} {r['backend']}")
+                     f"{r['tokens']:8d} {r['seconds']:7.3f} {r['backend']}"
+                     + (f"  ! {r['flag']}" if r.get("flag") else ""))
     return lines
 
 
@@ -178,11 +201,15 @@ def format_table(report: dict) -> str:
         "-" * len(head),
         f"{report['method']} {report['pattern']} on {report['device']} ({report['dtype']}): "
         f"{len(recs)} modules, {report['layers']} layers, {report['sequences']} sequences / "
-        f"{report['tokens']} tokens, overall sparsity {t['sparsity']:.4f}",
+        f"{report['tokens']} tokens, overall sparsity {t['sparsity']:.4f} (measured on the "
+        f"written weights)",
         f"wall {t['wall_s']:.1f}s ({br})",
         f"peak memory: CPU RSS {fmt_bytes(t['peak_cpu_rss_bytes'])}, GPU "
         f"{fmt_bytes(t['peak_gpu_bytes'])}; activation store {st['kind']} "
         f"(peak {fmt_bytes(st['peak_bytes'])}, estimate {fmt_bytes(st['estimate_bytes'])}: "
         f"{st['reason']})",
     ]
+    if t.get("flagged"):
+        lines.append(f"WARNING: {len(t['flagged'])} module(s) deviate from the pattern (flag "
+                     "column): " + ", ".join(t["flagged"]))
     return "\n".join(lines)

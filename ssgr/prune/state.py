@@ -2,15 +2,18 @@
 
 Resume state lives in ``DIR/.ssgr_state/``:
 
-* ``state.json``: the fingerprint of the numerics-relevant arguments, calibration file and
-  checkpoint (:func:`fingerprint`), and ``ckpt_layer``, the layer whose inputs are saved;
+* ``state.json``: the fingerprint of everything that decides the output (:func:`fingerprint`:
+  settings, model config and files, weight content, calibration content) and ``ckpt_layer``,
+  the layer whose inputs are saved;
 * ``acts/L<k>/``: those inputs (one file per calibration sequence, see
   :meth:`ssgr.prune.store.ActivationStore.save_slot`);
 * ``reports.json``: the module records of the finished layers.
 
 ``config.json``, the shard index and ``prune_report.json`` are written only when every layer is
 done, and the state folder is removed last (:meth:`RunState.finish`), so a directory of an
-unfinished run never loads as a model or looks finished.
+unfinished run never loads as a model or looks finished. The state folder appears by a rename of
+a complete temporary folder and disappears by a rename before it is deleted; a later run removes
+the temporaries a kill leaves (:func:`remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ssgr.io import write_json_atomic
+from ssgr.io import file_sha256, foreign_files, foreign_files_message, write_json_atomic
 
-from .calib import file_sha256
 from .config import NOT_NUMERIC, PruneConfig
 from .errors import PruneError
 from .report import ModuleRecord
@@ -38,16 +41,78 @@ STATE_DIR = ".ssgr_state"
 REPORT = "prune_report.json"
 
 
-def fingerprint(cfg: PruneConfig, src: Path, device: torch.device) -> str:
-    """Hex sha256 over what decides the weights: the options outside :data:`NOT_NUMERIC`, the
-    model directory, the calibration file's bytes, the device type and the shards' names and
-    sizes. A ``--resume`` with another fingerprint is refused."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in NOT_NUMERIC}
-    d["model"] = str(src.resolve())
-    d["calib"] = file_sha256(cfg.calib)
-    d["device"] = device.type
-    d["weights"] = sorted((f.name, f.stat().st_size) for f in src.glob("*.safetensors"))
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+#: Suffixes of weight files: hashed as ``weights``, not copied into the output.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+
+#: Human names of the fingerprint's parts (for the refusal of a mismatching ``--resume``).
+_PART_NAMES = {"model_config": "the model's config.json",
+               "model_files": "the model's other files (tokenizer, generation config, index)",
+               "calib": "the calibration file's content", "device": "the device type"}
+
+
+def fingerprint(cfg: PruneConfig, src: Path, device: torch.device) -> dict:
+    """What decides the written model, as a dict of parts (stored in ``state.json`` and in
+    ``prune_report.json`` under ``"fingerprint"``; a ``--resume`` whose parts differ is refused,
+    naming them):
+
+    * ``settings``: every option outside :data:`NOT_NUMERIC` except the paths ``model`` and
+      ``calib`` (their content counts instead);
+    * ``model_config``: sha256 of ``config.json``; ``model_files``: sha256 over the name and
+      sha256 of every other non-weight file of the model directory (tokenizer, generation
+      config, shard index: copied into the output or used to tokenize ``"text"`` lines);
+    * ``weights``: ``{file name: sha256 of its bytes}`` of every ``*.safetensors`` file (headers
+      and tensor data), cached by :func:`ssgr.io.file_sha256` on path, inode, size and mtime, so
+      an unchanged checkpoint is read once;
+    * ``calib``: sha256 of the calibration file's bytes; ``device``: the device type.
+    """
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in NOT_NUMERIC and k not in ("model", "calib")}
+    files, weights = {}, {}
+    cfg_file = src / "config.json"
+    for f in sorted(src.iterdir()):
+        if not f.is_file() or f.name.startswith(".") or f == cfg_file:
+            continue
+        if f.name.endswith(".safetensors"):
+            weights[f.name] = file_sha256(f, cache=True)
+        elif not f.name.endswith(WEIGHT_SUFFIXES):
+            files[f.name] = file_sha256(f)
+    return {
+        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
+        "model_config": file_sha256(cfg_file) if cfg_file.is_file() else None,
+        "model_files": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+        "weights": weights,
+        "calib": file_sha256(cfg.calib),
+        "device": device.type,
+    }
+
+
+def fingerprint_diff(old, new: dict) -> list[str]:
+    """What differs between a saved fingerprint ``old`` and ``new`` (:func:`fingerprint`), in
+    words; empty when they agree."""
+    if not isinstance(old, dict):
+        return ["the saved run has no comparable fingerprint (written by an older ssgr or by "
+                "another program)"]
+    out = []
+    a, b = old.get("settings") or {}, new["settings"]
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            out.append(f"--{k.replace('_', '-')} ({a.get(k)!r} then, {b.get(k)!r} now)")
+    wa, wb = old.get("weights") or {}, new["weights"]
+    if wa != wb:
+        changed = sorted(n for n in set(wa) | set(wb) if wa.get(n) != wb.get(n))
+        out.append(f"the model's weights ({', '.join(changed[:4])})")
+    for k, name in _PART_NAMES.items():
+        if old.get(k) != new.get(k):
+            out.append(name)
+    return out
+
+
+def _mismatch(out: Path, diffs: list[str]) -> PruneError:
+    return PruneError(
+        f"--resume: {out} was made by a different command (different arguments, calibration "
+        f"data or model: {'; '.join(diffs)}); rerun the original command with --resume, or use "
+        "--overwrite to start over"
+    )
 
 
 @dataclass
@@ -56,7 +121,8 @@ class OutPlan:
 
     out: the output directory; state: the saved ``state.json`` of a run to resume (None: start
     at layer 0); complete: ``--resume`` of a finished run (its report is ``out/REPORT``);
-    remove: the existing directory must be removed (``--overwrite``) before the run writes.
+    remove: the existing directory must be emptied (``--overwrite``, only ssgr's own files:
+    :func:`ssgr.io.remove_owned`) before the run writes.
     """
 
     out: Path
@@ -65,12 +131,19 @@ class OutPlan:
     remove: bool = False
 
 
-def prepare_out(cfg: PruneConfig, src: Path, fp: str) -> OutPlan:
+def prepare_out(cfg: PruneConfig, src: Path, fp: dict) -> OutPlan:
     """Check ``--out`` against ``--overwrite`` / ``--resume``; removes nothing.
 
+    ``--resume`` of a finished run (``prune_report.json`` present: it is written before the
+    state folder is removed) or of an interrupted one (``.ssgr_state/state.json``) is accepted
+    only when the saved fingerprint equals ``fp``. A ``--resume`` that finds only ssgr's own
+    files and no checkpoint (killed before the state folder appeared) starts from layer 0.
+
     Raises:
-        PruneError when ``--out`` is a file or the source model, holds another run (fingerprint
-        differs) or an existing directory is given without ``--overwrite`` / ``--resume``.
+        PruneError when ``--out`` is a file or the source model, holds another run (its
+        fingerprint differs: the message names what differs), holds files ssgr did not write
+        (``--overwrite``), or an existing directory is given without ``--overwrite`` /
+        ``--resume``.
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -79,25 +152,47 @@ def prepare_out(cfg: PruneConfig, src: Path, fp: str) -> OutPlan:
         raise PruneError(f"--out {out} would overwrite the source model {src}; pick another path")
     state_file = out / STATE_DIR / "state.json"
     if out.exists() and any(out.iterdir()):
+        if cfg.resume and (out / REPORT).is_file():
+            rep = json.loads((out / REPORT).read_text())
+            diffs = fingerprint_diff(rep.get("fingerprint"), fp)
+            if diffs:
+                raise _mismatch(out, diffs)
+            return OutPlan(out, complete=True)
         if cfg.resume and state_file.is_file():
             state = json.loads(state_file.read_text())
-            if state.get("fingerprint") != fp:
-                raise PruneError(
-                    f"--resume: {out} was started with different arguments, calibration data or "
-                    "model (the fingerprint differs); rerun the original command with --resume, "
-                    "or use --overwrite to start over"
-                )
+            diffs = fingerprint_diff(state.get("fingerprint"), fp)
+            if diffs:
+                raise _mismatch(out, diffs)
             return OutPlan(out, state=state)
-        if cfg.resume and (out / REPORT).is_file():
-            return OutPlan(out, complete=True)
-        if cfg.overwrite:
+        foreign = foreign_files(out)
+        if cfg.resume and not foreign:
+            # only files of ours and no checkpoint (a run killed before its state folder
+            # appeared): nothing to resume from, nothing to lose; start at layer 0
+            log.warning("--resume: %s holds no checkpoint of a run (only ssgr's own files); "
+                        "starting from layer 0", out)
             return OutPlan(out, remove=True)
         if cfg.resume:
             raise PruneError(f"--resume: {out} holds no resumable ssgr run (no {STATE_DIR}/"
                              "state.json); use --overwrite to replace it")
+        if cfg.overwrite:
+            if foreign:
+                raise PruneError(foreign_files_message(out, foreign, "--overwrite"))
+            return OutPlan(out, remove=True)
         raise PruneError(f"--out {out} already exists; pass --overwrite to replace it, --resume "
                          "to continue an interrupted run, or choose another directory")
     return OutPlan(out)
+
+
+def remove_leftovers(out: Path, *, finished: bool) -> None:
+    """Remove what a killed run left of the state folder: its temporaries
+    (``.ssgr_state.tmp``, ``.ssgr_state.trash``) and, in a ``finished`` directory, the state
+    folder itself (a kill during the final cleanup)."""
+    names = [f"{STATE_DIR}.tmp", f"{STATE_DIR}.trash"] + ([STATE_DIR] if finished else [])
+    for name in names:
+        p = out / name
+        if p.exists():
+            log.warning("%s: removing %s left by an interrupted run", out, name)
+            shutil.rmtree(p)
 
 
 class RunState:
@@ -106,11 +201,11 @@ class RunState:
 
     Args:
         out: the output directory.
-        fp: the run's :func:`fingerprint`.
+        fp: the run's :func:`fingerprint` (parts).
         layers, sequences: the run's decoder layer and calibration sequence counts.
     """
 
-    def __init__(self, out: Path, fp: str, layers: int, sequences: int) -> None:
+    def __init__(self, out: Path, fp: dict, layers: int, sequences: int) -> None:
         self.out = out
         self.dir = out / STATE_DIR
         self.fp = fp
@@ -118,10 +213,21 @@ class RunState:
         self.sequences = sequences
 
     def start(self) -> None:
-        """A fresh run: empty ``reports.json`` and ``ckpt_layer`` 0."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.save_records([])
-        self.save(0)
+        """A fresh run: empty ``reports.json`` and ``ckpt_layer`` 0. The folder is built as
+        ``.ssgr_state.tmp`` and renamed, so it appears complete (with ``state.json``) or not at
+        all; a leftover state folder of ours is replaced."""
+        tmp = self.out / f"{STATE_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        final, self.dir = self.dir, tmp
+        try:
+            self.save_records([])
+            self.save(0)
+        finally:
+            self.dir = final
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        os.rename(tmp, self.dir)
 
     def save(self, ckpt_layer: int) -> None:
         """Write ``state.json``: the inputs of ``ckpt_layer`` are the saved ones."""
@@ -166,6 +272,12 @@ class RunState:
                              f"{self.sequences}; use --overwrite to start over")
 
     def finish(self, report: dict) -> None:
-        """Write ``DIR/prune_report.json``, then remove the state folder (last)."""
+        """Write ``DIR/prune_report.json``, then remove the state folder: renamed to
+        ``.ssgr_state.trash`` first (one atomic step), then deleted. A kill in between leaves a
+        finished directory whose leftovers the next ``--resume`` removes
+        (:func:`remove_leftovers`)."""
         write_json_atomic(self.out / REPORT, report, default=str)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        trash = self.out / f"{STATE_DIR}.trash"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(self.dir, trash)
+        shutil.rmtree(trash)

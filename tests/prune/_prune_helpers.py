@@ -82,10 +82,17 @@ def state(folder: Path) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def naive_prune(folder: Path, seqs: list[torch.Tensor], pattern: Pattern, order: str = "layer",
                 method: str = "sparsegpt", blocksize: int = 128, percdamp: float = 0.01,
-                scope: str = "row") -> nn.Module:
+                scope: str = "row", select: list[torch.Tensor | None] | None = None
+                ) -> nn.Module:
     """The reference: for each layer in turn, the whole model (earlier layers already pruned) is
     re-run on every sequence with hooks on that layer's modules, one Hessian per module, in memory.
-    ``order="module"`` re-runs the model once per stage (q/k/v, o, gate/up, down)."""
+    ``order="module"`` re-runs the model once per stage (q/k/v, o, gate/up, down). ``select``:
+    per sequence, the positions whose inputs feed the statistics (None: all)."""
+    cur = {"sel": None}
+
+    def feed(acc, x):
+        acc.add(x if cur["sel"] is None else x[:, cur["sel"]])
+
     model = load(folder)
     for layer in model.model.layers:
         mods = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
@@ -93,9 +100,10 @@ def naive_prune(folder: Path, seqs: list[torch.Tensor], pattern: Pattern, order:
         for stage in stages:
             accs = {n: HessianAccumulator(mods[n].in_features, hessian=method == "sparsegpt")
                     for n in stage}
-            hs = [mods[n].register_forward_pre_hook(lambda _m, a, acc=accs[n]: acc.add(a[0]))
+            hs = [mods[n].register_forward_pre_hook(lambda _m, a, acc=accs[n]: feed(acc, a[0]))
                   for n in stage]
-            for ids in seqs:
+            for i, ids in enumerate(seqs):
+                cur["sel"] = select[i] if select is not None else None
                 model(input_ids=ids)
             for h in hs:
                 h.remove()

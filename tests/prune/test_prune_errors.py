@@ -91,8 +91,13 @@ def test_out_exists_without_overwrite(tmp_path, llama_dir, calib_file):
         prune_model(_cfg(llama_dir, calib_file, out, resume=True))
     with pytest.raises(PruneError, match="source model"):
         prune_model(_cfg(llama_dir, calib_file, llama_dir, overwrite=True))
+    # issue #18 item 9: --overwrite removes only what ssgr wrote; it refuses, naming the file
+    with pytest.raises(PruneError, match=r"did not write \(keep\.txt\).*move those away"):
+        prune_model(_cfg(llama_dir, calib_file, out, overwrite=True))
+    assert (out / "keep.txt").read_text() == "user data"
+    (out / "keep.txt").unlink()
     rep = prune_model(_cfg(llama_dir, calib_file, out, overwrite=True))
-    assert rep["status"] == "complete" and not (out / "keep.txt").exists()
+    assert rep["status"] == "complete"
     # --resume of a complete run is a no-op returning its report
     assert prune_model(_cfg(llama_dir, calib_file, out, resume=True))["modules"] == rep["modules"]
 
