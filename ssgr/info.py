@@ -32,7 +32,7 @@ def info_text() -> str:
     import torch
 
     from ssgr.ops import support_matrix
-    from ssgr.ops._registry import BACKENDS, DISPATCH_ORDER, NOT_IMPLEMENTED
+    from ssgr.ops._registry import BACKENDS, NOT_IMPLEMENTED
 
     lines = [
         f"ssgr {_version('ssgr')}  python {platform.python_version()}  torch {torch.__version__}  "
@@ -47,10 +47,6 @@ def info_text() -> str:
             )
     else:
         lines.append("cuda: none (torch.cuda.is_available() is False)")
-    lines.append(
-        "dispatch order: "
-        + "; ".join(f"{dev} tensors: {' > '.join(order)}" for dev, order in DISPATCH_ORDER.items())
-    )
     lines.append("")
     matrix = support_matrix()
     width = max(len(op) for op in matrix) + 2
@@ -70,4 +66,43 @@ def info_text() -> str:
         lines.append(f"{op:<{width}}" + "".join(cells))
     lines.append("(yes: runs here; -: no kernel of that backend for the op; no [k]: see below)")
     lines += [f"  [{i}]{n[1:]}" for i, n in enumerate(notes, 1)]
+    lines.append("")
+    lines += dispatch_text()
     return "\n".join(lines)
+
+
+def dispatch_text() -> list[str]:
+    """Per op: the dispatch order on each device type (and the call shapes with another order,
+    with why), then each registered implementation's limits; the environment switches last."""
+    from ssgr.ops._registry import (
+        BACKENDS,
+        DISPATCH_ORDER,
+        OPS,
+        ORDER_RULES,
+        SELFCHECK_ENV,
+        implementation,
+        selfcheck_enabled,
+    )
+
+    lines = ["dispatch (automatic: the first backend in the order that is available, takes the "
+             "call and passed its first-use self-check; the reference takes every call):"]
+    for op in OPS:
+        impls = {b: implementation(op, b) for b in BACKENDS}
+        orders = []
+        for dev, order in DISPATCH_ORDER.items():
+            names = [b for b in order if impls[b] is not None]
+            orders.append(f"{dev}: {' > '.join(names)}")
+        lines.append(f"  {op}: " + "; ".join(orders))
+        for rule in ORDER_RULES:
+            if rule.op == op:
+                cond = ", ".join(f"{k}={v!r}" for k, v in rule.when)
+                names = [b for b in rule.order if impls[b] is not None]
+                lines.append(f"    {rule.device}, {cond}: {' > '.join(names)} ({rule.why})")
+        for b, impl in impls.items():
+            if impl is not None:
+                lines.append(f"    {b:<9} takes: {impl.limits or 'every call'}")
+    lines.append(
+        f"SSGR_BACKEND=<name> forces a backend; {SELFCHECK_ENV}=0 turns the first-use self-check "
+        f"off (now {'on' if selfcheck_enabled() else 'off'}); `ssgr selftest` checks every "
+        "backend here")
+    return lines

@@ -7,13 +7,11 @@ import torch
 
 from ssgr.compat.peers import llmcompressor_sparsify as peer_sparsify
 
-__all__ = ["assert_same_prune", "peer_sparsify", "random_hessian"]
+# the near-tie rule (near_tie_allowed) lives in the package, shared with the first-use self-check
+# and ``ssgr selftest``
+from ssgr.ops.selftest import near_tie_allowed
 
-#: The near-tie rule: two implementations that factor H in different orders (or precisions) can
-#: decide a weight differently only where its score ties another one's to rounding. Such flips
-#: are rare: at most this fraction of the entries, and never more than one decision (2 entries:
-#: the pair that swapped) below 1 / NEAR_TIE_FRACTION entries. A wrong kernel flips far more.
-NEAR_TIE_FRACTION = 1e-4
+__all__ = ["assert_same_prune", "peer_sparsify", "random_hessian"]
 
 
 def random_hessian(c: int, tokens: int | None = None, device: str = "cpu", dtype=torch.float32):
@@ -32,7 +30,7 @@ def assert_same_prune(out, ref, *, rtol: float = 1e-4, atol: float = 1e-4,
     assert out.mask.shape == ref.mask.shape and out.mask.dtype == torch.bool
     diff = out.mask != ref.mask
     mism = int(diff.sum())
-    allowed = max(2, int(NEAR_TIE_FRACTION * diff.numel()))
+    allowed = near_tie_allowed(diff.numel())
     assert mism <= allowed, f"{mism} mask entries differ (near-tie rule allows {allowed})"
     rows = ~diff.any(1)
     torch.testing.assert_close(out.weight[rows].float(), ref.weight[rows].float(),

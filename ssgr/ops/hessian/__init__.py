@@ -43,6 +43,14 @@ def _check(H: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return X.reshape(-1, X.shape[-1])
 
 
+def hessian_call(H: torch.Tensor, X: torch.Tensor) -> dict:
+    """The properties of a :func:`hessian_accumulate` call that dispatch checks against each
+    implementation's ``supports`` (:func:`ssgr.ops._registry.resolve`): ``dtype`` (X's),
+    ``H_dtype``, ``d`` and ``tokens`` (X's leading dims multiplied)."""
+    d = H.shape[0]
+    return dict(dtype=X.dtype, H_dtype=H.dtype, d=d, tokens=X.numel() // max(1, d))
+
+
 def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, backend: str | None = None) -> None:
     """Add ``X^T X`` into ``H`` in place.
 
@@ -52,12 +60,14 @@ def hessian_accumulate(H: torch.Tensor, X: torch.Tensor, *, backend: str | None 
         backend: force a backend (see ``ssgr info``); None dispatches by device.
     Raises:
         InputError: a bad shape, dtype, device or a non-contiguous H.
-        BackendError: a forced backend that cannot run here.
+        BackendError: a forced backend that cannot run here or cannot take this call (e.g. a
+            float64 H: only the reference and cpu backends accumulate in float64; automatic
+            dispatch sends it there).
     """
     X2 = _check(H, X)
     if X2.shape[0] == 0:
         return
-    _, fn = resolve("hessian", H.device, backend)
+    _, fn = resolve("hessian", H.device, backend, **hessian_call(H, X2))
     fn(H, X2)
 
 

@@ -10,6 +10,32 @@ from ssgr.errors import InputError
 from .. import _gpu
 from .._registry import register
 
+#: X dtypes the GPU Hessian kernels read (tensor cores for bf16/fp16, IEEE fp32 FMA for fp32).
+GPU_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Largest d of the Triton kernel: offsets inside a tile are 32-bit (``BM * d < 2**31``, BM <= 128
+#: in ``ssgr.kernels.hessian.GPU_CONFIGS``).
+TRITON_MAX_D = (2**31 - 1) // 128
+GPU_LIMITS = "float32 H only (float64 H: reference); X float32/bfloat16/float16"
+
+
+def gpu_supports(*, H_dtype: torch.dtype | None = None, dtype: torch.dtype | None = None,
+                 **_: object) -> str | None:
+    """Capability of both GPU Hessian kernels: None when they take a call with this H dtype and
+    X dtype (``dtype``), else why not."""
+    if H_dtype is not None and H_dtype != torch.float32:
+        return (f"it accumulates a float32 H, not {H_dtype}; the reference accumulates a "
+                "float64 H (the float64 oracle)")
+    if dtype is not None and dtype not in GPU_X_DTYPES:
+        return f"it reads float32/bfloat16/float16 X, not {dtype}"
+    return None
+
+
+def triton_supports(*, d: int | None = None, **call: object) -> str | None:
+    """:func:`gpu_supports`, and d within the kernel's 32-bit in-tile offsets."""
+    if d is not None and d > TRITON_MAX_D:
+        return f"d={d} exceeds the kernel's 32-bit in-tile offsets (d <= {TRITON_MAX_D})"
+    return gpu_supports(**call)
+
 
 def _float32_h(H: torch.Tensor, backend: str) -> None:
     if H.dtype != torch.float32:
@@ -19,7 +45,8 @@ def _float32_h(H: torch.Tensor, backend: str) -> None:
         )
 
 
-@register("hessian", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe)
+@register("hessian", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe,
+          supports=triton_supports, limits=f"{GPU_LIMITS}; d <= {TRITON_MAX_D}")
 def hessian_triton(H: torch.Tensor, X: torch.Tensor) -> None:
     """``H[d, d] += X^T X`` (fp32) for ``X[t, d]`` bf16/fp16/fp32."""
     _float32_h(H, "triton")
@@ -36,7 +63,8 @@ def default_splits(tokens: int, d: int, device: torch.device) -> int:
     return max(1, min(-(-2 * sms // n_tiles), 64, tokens // 256))
 
 
-@register("hessian", "cuda", devices=("cuda",), probe=_gpu.cuda_probe)
+@register("hessian", "cuda", devices=("cuda",), probe=_gpu.cuda_probe, supports=gpu_supports,
+          limits=GPU_LIMITS)
 def hessian_cuda(H: torch.Tensor, X: torch.Tensor) -> None:
     """``H[d, d] += X^T X`` (fp32; tensor cores for bf16/fp16) for ``X[t, d]``."""
     _float32_h(H, "cuda")

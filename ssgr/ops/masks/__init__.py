@@ -24,6 +24,24 @@ def _scores(scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+def nm_call(scores: torch.Tensor, n: int, m: int) -> dict:
+    """The properties of an :func:`nm_mask` call that dispatch checks against each
+    implementation's ``supports``: ``dtype``, ``rows``, ``cols``, ``n``, ``m``."""
+    return dict(dtype=scores.dtype, rows=scores.shape[0], cols=scores.shape[1], n=n, m=m)
+
+
+def topk_call(scores: torch.Tensor, per: str) -> dict:
+    """The properties of a :func:`topk_mask` call that dispatch checks against each
+    implementation's ``supports`` (and that pick the order: see ``ssgr info``): ``dtype``,
+    ``rows``, ``cols``, ``per``."""
+    return dict(dtype=scores.dtype, rows=scores.shape[0], cols=scores.shape[1], per=per)
+
+
+def wanda_call(W: torch.Tensor, col_sq_norms: torch.Tensor) -> dict:
+    """The properties of a :func:`wanda_scores` call: ``dtype`` (W's) and ``norms_dtype``."""
+    return dict(dtype=W.dtype, norms_dtype=col_sq_norms.dtype)
+
+
 def nm_mask(scores: torch.Tensor, n: int, m: int, *, backend: str | None = None) -> torch.Tensor:
     """Keep the n largest of every m consecutive scores in each row.
 
@@ -34,10 +52,11 @@ def nm_mask(scores: torch.Tensor, n: int, m: int, *, backend: str | None = None)
         bool ``[r, c]``, exactly n True per group; ties keep the lower column.
     Raises:
         InputError: scores not 2-D floating and finite, or a bad n:m for c.
+        BackendError: a forced backend that cannot run here or cannot take this call.
     """
     _scores(scores)
     n, m = _checks.nm_pattern(n, m, scores.shape[1])
-    _, fn = resolve("nm_mask", scores.device, backend)
+    _, fn = resolve("nm_mask", scores.device, backend, **nm_call(scores, n, m))
     return fn(scores, n, m)
 
 
@@ -54,13 +73,17 @@ def topk_mask(
         bool ``[r, c]``; ties prune the lower index first (stable ascending sort).
     Raises:
         InputError: scores not 2-D floating and finite, sparsity outside [0, 1), bad ``per``.
+        BackendError: a forced backend that cannot run here or cannot take this call.
+
+    On CUDA tensors a layer-wide mask dispatches to torch's device-wide sort (the reference)
+    first, not to the one-block-per-row cuda kernel (``ssgr info`` shows the order).
     """
     _scores(scores)
     sparsity = _checks.sparsity_value("sparsity", sparsity)
     if per not in ("row", "layer"):
         raise InputError(f"per must be 'row' or 'layer', got {per!r}")
     count = scores.shape[1] if per == "row" else scores.numel()
-    _, fn = resolve("topk_mask", scores.device, backend)
+    _, fn = resolve("topk_mask", scores.device, backend, **topk_call(scores, per))
     return fn(scores, int(count * sparsity), per)
 
 
@@ -75,6 +98,7 @@ def wanda_scores(
         ``[r, c]`` scores in the promoted float dtype.
     Raises:
         InputError: bad shapes, dtypes or devices, or negative norms.
+        BackendError: a forced backend that cannot run here.
     """
     _checks.tensor("W", W, ndim=2)
     _checks.tensor("col_sq_norms", col_sq_norms, ndim=1)
@@ -88,5 +112,5 @@ def wanda_scores(
     _checks.same_device(W=W, col_sq_norms=col_sq_norms)
     if bool((col_sq_norms < 0).any()):
         raise InputError("col_sq_norms has negative entries; pass squared norms (sums of x^2)")
-    _, fn = resolve("wanda_scores", W.device, backend)
+    _, fn = resolve("wanda_scores", W.device, backend, **wanda_call(W, col_sq_norms))
     return fn(W, col_sq_norms)

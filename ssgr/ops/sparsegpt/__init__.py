@@ -30,7 +30,9 @@ from .. import _checks
 from .._registry import resolve
 from ._common import MAX_DAMPING_TRIES, CholeskyError
 
-__all__ = ["MAX_DAMPING_TRIES", "CholeskyError", "SparseGPTResult", "sparsegpt_prune"]
+__all__ = [
+    "MAX_DAMPING_TRIES", "CholeskyError", "SparseGPTResult", "sparsegpt_call", "sparsegpt_prune",
+]
 
 
 class SparseGPTResult(NamedTuple):
@@ -48,6 +50,24 @@ class SparseGPTResult(NamedTuple):
     damping: float
 
 
+def sparsegpt_call(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    *,
+    sparsity: float | None = None,
+    n: int = 0,
+    m: int = 0,
+    blocksize: int = 128,
+) -> dict:
+    """The properties of a :func:`sparsegpt_prune` call that dispatch checks against each
+    implementation's ``supports`` (:func:`ssgr.ops._registry.resolve`): ``dtype`` (W's),
+    ``H_dtype``, ``rows``, ``cols``, ``blocksize``, ``n``, ``m`` (kept per group and group
+    width; ``0, 0`` for unstructured). ``sparsity`` is accepted so that a pattern's keyword
+    arguments can be passed as they are; it does not change dispatch."""
+    return dict(dtype=W.dtype, H_dtype=H.dtype, rows=W.shape[0], cols=W.shape[1],
+                blocksize=blocksize, n=n, m=m)
+
+
 def sparsegpt_prune(
     W: torch.Tensor,
     H: torch.Tensor,
@@ -62,7 +82,9 @@ def sparsegpt_prune(
     """Prune ``W`` with SparseGPT given the layer-input Hessian ``H``.
 
     Args:
-        W: ``[r, c]`` weights, any float dtype (computed in fp32; fp64 if W or H is fp64).
+        W: ``[r, c]`` weights, any float dtype (computed in fp32; in fp64 if W or H is fp64:
+            automatic dispatch sends those to an implementation that computes in fp64, the
+            reference, and a forced backend that computes in fp32 raises BackendError).
         H: ``[c, c]`` float32 Hessian (``X^T X``, any positive scale); not modified.
         sparsity: unstructured fraction removed, in [0, 1) (per block of ``blocksize`` columns).
         n, m: N:M pattern instead of ``sparsity``: keep n of every m consecutive inputs.
@@ -74,7 +96,9 @@ def sparsegpt_prune(
     Raises:
         InputError: bad shapes, dtypes, devices, pattern or NaN/Inf in W or H.
         CholeskyError: H stays non positive-definite after every damping retry.
-        BackendError: a forced backend that cannot run here.
+        BackendError: a forced backend that cannot run here or cannot take this call (a float64
+            W or H, a blocksize or N:M group wider than its kernel takes; ``ssgr info`` lists
+            each backend's limits).
     """
     _checks.tensor("W", W, ndim=2)
     _checks.tensor("H", H, ndim=2)
@@ -111,6 +135,7 @@ def sparsegpt_prune(
         sparsity_f, n_prune, m = _checks.sparsity_value("sparsity", sparsity), 0, 0
     _checks.finite("W", W, "the weights are corrupt; reload the model")
     _checks.finite("H", H, "the calibration activations had NaN/Inf")
-    _, fn = resolve("sparsegpt", W.device, backend)
+    call = sparsegpt_call(W, H, n=m - n_prune if m else 0, m=m, blocksize=blocksize)
+    _, fn = resolve("sparsegpt", W.device, backend, **call)
     Q, keep, loss, damping = fn(W, H, sparsity_f, n_prune, m, blocksize, float(percdamp))
     return SparseGPTResult(Q.to(W.dtype), keep, loss, damping)

@@ -20,6 +20,16 @@ from .._registry import register
 from ._common import damped, prepare
 
 
+def cpu_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | None = None,
+                 **_: object) -> str | None:
+    """None when the cpu backend takes the call: it computes in float32, so a float64 W or H
+    (whose contract is a float64 computation) is left to the reference."""
+    if torch.float64 in (dtype, H_dtype):
+        return ("it computes in float32; a float64 W or H is computed in float64 by the "
+                "reference")
+    return None
+
+
 def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     """``L[c, c]`` lower with ``J (H + damp I) J = L L^T`` (J reverses the order), so that
     ``T = J L J = U^-1``. Factored in place in one flipped copy of H
@@ -29,7 +39,8 @@ def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     return _native.potrf_(Hf)
 
 
-@register("sparsegpt", "cpu", devices=("cpu",), probe=_native.probe)
+@register("sparsegpt", "cpu", devices=("cpu",), probe=_native.probe, supports=cpu_supports,
+          limits="float32 computation: no float64 W/H (reference)")
 def sparsegpt(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,

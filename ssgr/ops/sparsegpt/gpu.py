@@ -14,6 +14,42 @@ from .. import _gpu
 from .._registry import register
 from ._common import damped, prepare
 
+#: Widest block of the Triton OBS kernel: it holds ``BC = next_power_of_2(blocksize)`` columns of
+#: its rows in registers, compiled spill-free for sm_90a up to BC=256
+#: (benchmarks/results/sm90a-static.md).
+TRITON_MAX_BLOCK = 256
+#: Widest N:M group of the cuda OBS kernel (``MAX_M`` in csrc/sparsegpt.cu; ``obs_max_m()``).
+CUDA_MAX_M = 32
+
+
+def _fp32_only(dtype: torch.dtype | None, H_dtype: torch.dtype | None) -> str | None:
+    if torch.float64 in (dtype, H_dtype):
+        return ("it computes in float32; a float64 W or H is computed in float64 by the "
+                "reference")
+    return None
+
+
+def triton_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | None = None,
+                    blocksize: int | None = None, **_: object) -> str | None:
+    """None when the triton backend takes the call (float32 computation, blocks of at most
+    :data:`TRITON_MAX_BLOCK` columns), else why not."""
+    if blocksize is not None and blocksize > TRITON_MAX_BLOCK:
+        return (f"its OBS kernel holds blocks of at most {TRITON_MAX_BLOCK} columns in registers "
+                f"(got blocksize={blocksize})")
+    return _fp32_only(dtype, H_dtype)
+
+
+def cuda_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | None = None,
+                  blocksize: int | None = None, m: int = 0, **_: object) -> str | None:
+    """None when the cuda backend takes the call (float32 computation, blocks of at most
+    ``CUDA_MAX_BLOCK`` columns, N:M groups of at most :data:`CUDA_MAX_M`), else why not."""
+    if blocksize is not None and blocksize > CUDA_MAX_BLOCK:
+        return (f"its OBS kernel runs blocks of at most {CUDA_MAX_BLOCK} columns (got "
+                f"blocksize={blocksize})")
+    if m and m > CUDA_MAX_M:
+        return f"its OBS kernel selects N:M groups of at most {CUDA_MAX_M} (got m={m})"
+    return _fp32_only(dtype, H_dtype)
+
 #: Largest block (columns) of the cuda OBS kernel.
 CUDA_MAX_BLOCK = 128
 
@@ -81,7 +117,9 @@ def blocked_sparsegpt(
     return Wc, keep, float(losses.sum().item()), damping
 
 
-@register("sparsegpt", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe)
+@register("sparsegpt", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe,
+          supports=triton_supports,
+          limits=f"blocksize <= {TRITON_MAX_BLOCK}; float32 computation: no float64 W/H")
 def sparsegpt_triton(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
@@ -98,7 +136,9 @@ def _cuda_obs_block(W1, U, prune, n_prune, m, keep, err, losses) -> None:
     _gpu.cuda_lib().obs_block(W1, U, prune, n_prune, m, keep, err, losses, per_block)
 
 
-@register("sparsegpt", "cuda", devices=("cuda",), probe=_gpu.cuda_probe)
+@register("sparsegpt", "cuda", devices=("cuda",), probe=_gpu.cuda_probe, supports=cuda_supports,
+          limits=f"blocksize <= {CUDA_MAX_BLOCK}; m <= {CUDA_MAX_M}; "
+                 "float32 computation: no float64 W/H")
 def sparsegpt_cuda(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
