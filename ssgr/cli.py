@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="backends, devices and the op x backend support matrix")
     s.set_defaults(func=_cmd_info)
 
+    from ssgr.ops import selftest
+
+    selftest.register(sub)
+
     s = sub.add_parser(
         "demo", help="prune a small random-init Llama in memory (SparseGPT 2:4 by default)"
     )

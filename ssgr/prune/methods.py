@@ -8,6 +8,8 @@ import torch
 
 from ssgr.ops import HessianAccumulator, nm_mask, sparsegpt_prune, topk_mask, wanda_scores
 from ssgr.ops._registry import resolve
+from ssgr.ops.masks import nm_call, topk_call
+from ssgr.ops.sparsegpt import sparsegpt_call
 
 from .errors import PruneError
 from .pattern import Pattern
@@ -53,7 +55,9 @@ def prune_weight(
         Hm = H if H is not None else acc.hessian()
         res = sparsegpt_prune(W, Hm, blocksize=blocksize, percdamp=percdamp, backend=backend,
                               **pattern.op_kwargs())
-        used, _ = resolve("sparsegpt", W.device, backend)
+        # the backend that took this call (dispatch depends on the call's properties)
+        used, _ = resolve("sparsegpt", W.device, backend,
+                          **sparsegpt_call(W, Hm, blocksize=blocksize, **pattern.op_kwargs()))
         return ModuleResult(res.weight, res.mask, res.loss, res.damping, used)
     if method == "wanda":
         scores = wanda_scores(W, acc.col_sq_norms().to(W.device), backend=backend)
@@ -63,8 +67,8 @@ def prune_weight(
         raise PruneError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if pattern.is_nm:
         keep = nm_mask(scores, pattern.n, pattern.m, backend=backend)
-        used, _ = resolve("nm_mask", W.device, backend)
+        used, _ = resolve("nm_mask", W.device, backend, **nm_call(scores, pattern.n, pattern.m))
     else:
         keep = topk_mask(scores, pattern.sparsity, scope, backend=backend)
-        used, _ = resolve("topk_mask", W.device, backend)
+        used, _ = resolve("topk_mask", W.device, backend, **topk_call(scores, scope))
     return ModuleResult(W * keep.to(W.dtype), keep, None, None, used)
