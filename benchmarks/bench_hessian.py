@@ -1,10 +1,13 @@
 """Hessian accumulation ``H[d, d] += X^T X`` (fp32 accumulation) at real models' input widths.
 
 One group per width: every ssgr backend of the ``hessian`` op available on this device
-(reference, cpu; triton, cuda on a GPU) against two peers, the torch baseline
-``H.addmm_(X.T.float(), X.float())`` ("torch-addmm") and llm-compressor 0.14's
-``accumulate_hessian`` ("llm-compressor", which also rescales H by the sample count: same work
-plus an O(d^2) scale). CPU: ``X[2048, d]`` fp32 at SmolLM2-135M and Qwen2.5-1.5B widths (576;
+(reference, cpu; triton, cuda on a GPU) against the peers: the fp32-upcast torch baseline
+``H.addmm_(X.T.float(), X.float())`` ("torch-addmm"); on a GPU with bf16/fp16 X also cuBLAS's
+half-precision GEMM with an fp32 result, ``H.add_(torch.mm(X.T, X, out_dtype=torch.float32))``
+("torch-mm-fp32out": ``aten::mm.dtype`` has a CUDA kernel only; the honest GPU baseline, as it
+reads X once in bf16 and runs on tensor cores); and llm-compressor 0.14's ``accumulate_hessian``
+("llm-compressor", which also rescales H by the sample count: same work plus an O(d^2) scale).
+CPU: ``X[2048, d]`` fp32 at SmolLM2-135M and Qwen2.5-1.5B widths (576;
 1536, SmolLM2's intermediate and 1.5B's hidden size; 8960, three rounds); GPU: ``X[32768, d]``
 bf16 (one 32k-token trace) at Qwen2.5-7B and R1-Distill-Qwen-14B widths. ``flops`` in
 extra_info counts the symmetric half, ``d * d * tokens`` (as ``gpu.py``). Each ssgr backend's H
@@ -32,7 +35,11 @@ from shapes import (
 
 from ssgr.ops import hessian_accumulate
 
-PEERS = ["torch-addmm", "llm-compressor"]
+#: cuBLAS bf16/fp16 GEMM with an fp32 output (``aten::mm.dtype``: CUDA only).
+MM_FP32OUT = "torch-mm-fp32out"
+PEERS = ["torch-addmm", "llm-compressor"] + (
+    [MM_FP32OUT] if DEVICE == "cuda" and HESSIAN_DTYPE in (torch.bfloat16, torch.float16) else []
+)
 IMPLS = backends("hessian") + PEERS
 
 
@@ -43,6 +50,10 @@ def _x(d: int) -> torch.Tensor:
 
 def _addmm(H: torch.Tensor, X: torch.Tensor) -> None:
     H.addmm_(X.T.float(), X.float())
+
+
+def _mm_fp32out(H: torch.Tensor, X: torch.Tensor) -> None:
+    H.add_(torch.mm(X.T, X, out_dtype=torch.float32))
 
 
 def _llmcompressor() -> Callable:
@@ -77,6 +88,11 @@ def test_hessian(benchmark, sync, width: Width, impl: str) -> None:
 
         def run() -> None:
             _addmm(H, X)
+            sync()
+    elif impl == MM_FP32OUT:
+
+        def run() -> None:
+            _mm_fp32out(H, X)
             sync()
     else:
 

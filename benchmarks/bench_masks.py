@@ -1,12 +1,15 @@
-"""Mask extraction at real models' weight shapes: N:M (2:4) keep masks, per-row 50% top-k masks
-(Wanda's selection) and Wanda scores.
+"""Mask extraction at real models' weight shapes: N:M (2:4) keep masks, per-row and layer-wide
+50% top-k masks (Wanda's per-output selection; magnitude pruning over a whole layer) and Wanda
+scores.
 
 One group per op and shape: every ssgr backend of the op available on this device (reference,
-cpu; triton, cuda on a GPU) against a plain torch baseline, "torch-topk" (2:4:
-``scores.view(r, c // 4, 4).topk(2, -1)`` scattered into a bool mask; per row:
-``scores.topk(c - k, dim=1)`` scattered). ``wanda_scores`` (reference only) is timed at one shape
-against the plain expression ``W.abs() * norms.sqrt()`` ("torch-expr"). Random fp32 scores have no
-ties, so every ssgr mask must equal the baseline's (checked, ``mask_mismatch`` in extra_info).
+cpu; triton, cuda on a GPU) against a plain torch baseline: "torch-topk" for 2:4
+(``scores.view(r, c // 4, 4).topk(2, -1)`` scattered into a bool mask) and per row
+(``scores.topk(c - k, dim=1)`` scattered); "torch-kthvalue" per layer (``scores >
+torch.kthvalue(scores.flatten(), k).values``, one selection over the whole layer).
+``wanda_scores`` (reference only) is timed at one shape against the plain expression
+``W.abs() * norms.sqrt()`` ("torch-expr"). Random fp32 scores have no ties, so every ssgr mask
+must equal the baseline's (checked, ``mask_mismatch`` in extra_info).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from ssgr.ops import nm_mask, topk_mask, wanda_scores
 N, M = 2, 4
 SPARSITY = 0.5
 BASELINE = "torch-topk"
+LAYER_BASELINE = "torch-kthvalue"
 NM_IMPLS = backends("nm_mask") + [BASELINE]
 TOPK_IMPLS = backends("topk_mask") + [BASELINE]
+TOPK_LAYER_IMPLS = backends("topk_mask") + [LAYER_BASELINE]
 WANDA_IMPLS = backends("wanda_scores") + ["torch-expr"]
 
 
@@ -58,9 +63,19 @@ def torch_rowk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return keep
 
 
+def torch_layerk(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Baseline layer-wide keep mask: everything above the ``int(numel * sparsity)``-th smallest
+    score of the whole layer (``torch.kthvalue``; random fp32 scores have no ties)."""
+    k = int(scores.numel() * sparsity)
+    if k == 0:
+        return torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    return scores > torch.kthvalue(scores.flatten(), k).values
+
+
 def _bench_mask(benchmark, sync, layer: Layer, impl: str, op: str, group: str,
                 baseline: Callable[[torch.Tensor], torch.Tensor],
-                fast: Callable[[torch.Tensor], torch.Tensor], rounds_: int) -> None:
+                fast: Callable[[torch.Tensor], torch.Tensor], rounds_: int,
+                base_name: str = BASELINE) -> None:
     """Time ``fast(scores)`` (ssgr backend ``impl``) or ``baseline(scores)`` (the torch baseline)
     on this layer's scores and check the mask equals the baseline's."""
     s = _scores(layer)
@@ -69,12 +84,12 @@ def _bench_mask(benchmark, sync, layer: Layer, impl: str, op: str, group: str,
                                 bytes=s.numel() * 5)
 
     def run() -> torch.Tensor:
-        out = baseline(s) if impl == BASELINE else fast(s)
+        out = baseline(s) if impl == base_name else fast(s)
         sync()
         return out
 
     out = benchmark.pedantic(run, rounds=rounds_, iterations=1, warmup_rounds=warmup())
-    if impl == BASELINE:
+    if impl == base_name:
         return
     mism = int((out != baseline(s)).sum())
     benchmark.extra_info.update(mask_mismatch=mism, numel=out.numel())
@@ -96,6 +111,15 @@ def test_topk_mask(benchmark, sync, layer: Layer, impl: str) -> None:
                 lambda s: torch_rowk(s, SPARSITY),
                 lambda s: topk_mask(s, SPARSITY, "row", backend=impl),
                 rounds(5, big=layer.numel >= CPU_BIG_NUMEL))
+
+
+@pytest.mark.parametrize("impl", TOPK_LAYER_IMPLS)
+@pytest.mark.parametrize("layer", MASK_LAYERS, ids=lambda lay: lay.id)
+def test_topk_mask_layer(benchmark, sync, layer: Layer, impl: str) -> None:
+    _bench_mask(benchmark, sync, layer, impl, "topk_mask",
+                f"topk_mask {SPARSITY:.0%} per layer", lambda s: torch_layerk(s, SPARSITY),
+                lambda s: topk_mask(s, SPARSITY, "layer", backend=impl),
+                rounds(5, big=layer.numel >= CPU_BIG_NUMEL), base_name=LAYER_BASELINE)
 
 
 @pytest.mark.parametrize("impl", WANDA_IMPLS)

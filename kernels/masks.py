@@ -204,18 +204,19 @@ def _topk_row_kernel(
         cand = thr + (one << (NBITS - 2 - b))
         below = _count_rows(s_ptr, base, rmask, L, cand, IS64, BR, BLOCK, False)
         thr = tl.where(below < n_prune, cand, thr)
-    quota = n_prune - _count_rows(s_ptr, base, rmask, L, thr, IS64, BR, BLOCK, False)
-    seen = quota * 0
+    # ties still to prune in each row: one live value instead of a quota and a running count
+    # (``seen + incl <= quota`` is ``incl <= left``), which keeps this loop free of spills
+    left = n_prune - _count_rows(s_ptr, base, rmask, L, thr, IS64, BR, BLOCK, False)
     for start in range(0, L, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         msk = rmask[:, None] & (offs < L)[None, :]
         key = _load_key(s_ptr, base[:, None] + offs[None, :], msk, IS64)
         tie = ((key == thr[:, None]) & msk).to(tl.int32)
         incl = tl.cumsum(tie, axis=1)
-        pruned = (key < thr[:, None]) | ((tie > 0) & (seen[:, None] + incl <= quota[:, None]))
+        pruned = (key < thr[:, None]) | ((tie > 0) & (incl <= left[:, None]))
         out = rows.to(tl.int64)[:, None] * L + offs[None, :]
         tl.store(keep_ptr + out, (~pruned).to(tl.uint8), mask=msk)
-        seen += tl.sum(tie, axis=1)
+        left -= tl.sum(tie, axis=1)
 
 
 def topk_mask(scores: torch.Tensor, n_prune: int, *, fused: bool | None = None) -> torch.Tensor:

@@ -15,15 +15,55 @@ once, and only when the backend could run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+from collections.abc import Iterator
 from types import ModuleType
 
 import torch
 
+from ssgr.errors import InputError
+
+from ._precision import ieee_fp32
+
 #: The Triton kernel modules, one per op (``ssgr.kernels.<op>``).
 TRITON_MODULES = ("hessian", "sparsegpt", "masks")
+
+
+def common_device(what: str, **tensors: torch.Tensor | None) -> torch.device:
+    """The one device of the named tensors (None entries are skipped).
+
+    ``what`` names the call in the message. Raises :class:`ssgr.errors.InputError` naming every
+    tensor and its device when they are not all on one device (a kernel launched with pointers
+    of two devices would read another device's memory).
+    """
+    named = {name: t for name, t in tensors.items() if t is not None}
+    if not named:
+        raise InputError(f"{what}: no tensor given")
+    devices = {t.device for t in named.values()}
+    if len(devices) != 1:
+        where = ", ".join(f"{name} on {t.device}" for name, t in named.items())
+        raise InputError(f"{what}: all tensors must be on one device, got {where}")
+    return devices.pop()
+
+
+@contextlib.contextmanager
+def launch_scope(what: str, **tensors: torch.Tensor | None) -> Iterator[torch.device]:
+    """Context of every GPU launch of ssgr: the tensors' one device (:func:`common_device`) made
+    the current CUDA device (``torch.cuda.device``), so a kernel on ``cuda:1`` tensors launches on
+    ``cuda:1`` on that device's current stream, whatever the current device was; and IEEE float32
+    GEMMs for the torch products inside (:func:`ssgr.ops._precision.ieee_fp32`). On CPU tensors
+    (triton's interpreter) only the precision is scoped. Yields the device; restores the previous
+    current device and precision on exit. Raises InputError for tensors on several devices.
+    """
+    device = common_device(what, **tensors)
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            stack.enter_context(torch.cuda.device(device))
+        stack.enter_context(ieee_fp32())
+        yield device
 
 
 def _interpret_env() -> bool:

@@ -1,6 +1,8 @@
 """The GPU backends (triton, cuda) on CUDA tensors against the reference in the same dtype and a
 float64 oracle: Hessian, SparseGPT (and llm-compressor; a 2:4 result fed to
-torch.sparse.to_sparse_semi_structured), masks. Skipped (never faked) without a CUDA device."""
+torch.sparse.to_sparse_semi_structured), masks; launches on the tensors' device (two GPUs), a
+global TF32 setting that changes nothing, the CUDA bindings' argument checks. Skipped (never
+faked) without a CUDA device (two for the device tests)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,17 @@ import pytest
 import torch
 from _util import assert_same_prune, peer_sparsify, random_hessian
 
-from ssgr.ops import hessian_accumulate, nm_mask, sparsegpt_prune, support_matrix, topk_mask
+from ssgr.errors import InputError
+from ssgr.ops import (
+    _precision,
+    hessian_accumulate,
+    nm_mask,
+    sparsegpt_prune,
+    support_matrix,
+    topk_mask,
+)
 from ssgr.ops import reference as ref
+from ssgr.ops._precision import fp32_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -115,3 +126,116 @@ def test_24_result_goes_to_semi_structured(seed, backend, dtype):
     sparse = torch.sparse.to_sparse_semi_structured(dense)
     x = torch.randn(256, 64, device="cuda").to(dtype)
     torch.testing.assert_close(sparse @ x, dense @ x, rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------- launch device and precision
+
+
+def _need_two(op: str, backend: str) -> None:
+    _need(op, backend)
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_every_op_launches_on_its_tensors_device(seed, backend):
+    """Tensors on cuda:1 while cuda:0 is current: each kernel runs on cuda:1 (a launch on the
+    current device would read cuda:1's pointers from cuda:0, an illegal access or garbage), the
+    result equals the reference's on cuda:1, and the current device is left alone."""
+    for op in ("hessian", "sparsegpt", "nm_mask", "topk_mask"):
+        _need_two(op, backend)
+    dev = torch.device("cuda", 1)
+    torch.cuda.set_device(0)
+    X = torch.randn(512, 96, device=dev).bfloat16()
+    H = torch.zeros(96, 96, device=dev)
+    hessian_accumulate(H, X, backend=backend)
+    R = torch.zeros(96, 96, device=dev)
+    hessian_accumulate(R, X, backend="reference")
+    torch.testing.assert_close(H, R, rtol=1e-4, atol=1e-2)
+    s = torch.randn(64, 128, device=dev)
+    assert torch.equal(nm_mask(s, 2, 4, backend=backend), ref.nm_mask(s, 2, 4))
+    for per in ("row", "layer"):
+        k = 64 if per == "row" else 64 * 64
+        assert torch.equal(topk_mask(s, 0.5, per, backend=backend), ref.topk_mask(s, k, per))
+    W = torch.randn(64, 256, device=dev)
+    Hs = random_hessian(256, device=dev)
+    out = sparsegpt_prune(W, Hs, n=2, m=4, blocksize=128, backend=backend)
+    r = sparsegpt_prune(W, Hs, n=2, m=4, blocksize=128, backend="reference")
+    assert out.weight.device == dev
+    assert_same_prune(out, r, rtol=1e-3, atol=1e-3)
+    torch.cuda.synchronize(dev)
+    assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_tensors_on_two_devices_are_refused(backend):
+    _need_two("hessian", backend)
+    H = torch.zeros(64, 64, device="cuda:0")
+    X = torch.randn(128, 64, device="cuda:1")
+    with pytest.raises(InputError, match="one device"):
+        hessian_accumulate(H, X, backend=backend)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_global_tf32_does_not_change_results(seed, backend):
+    """A training script's ``allow_tf32 = True`` (and "high" matmul precision) must not reach
+    ssgr's fp32 GEMMs (trailing OBS update, per-block products): bitwise equal results, and the
+    user's setting is still in place afterwards."""
+    _need("sparsegpt", backend)
+    W = torch.randn(256, 640, device="cuda")
+    H = random_hessian(640, device="cuda")
+    X = torch.randn(1024, 640, device="cuda")
+    saved = fp32_settings()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        plain = sparsegpt_prune(W, H, sparsity=0.5, blocksize=128, backend=backend)
+        Hp = torch.zeros(640, 640, device="cuda")
+        hessian_accumulate(Hp, X, backend=backend)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        before = fp32_settings()
+        tf32 = sparsegpt_prune(W, H, sparsity=0.5, blocksize=128, backend=backend)
+        Ht = torch.zeros(640, 640, device="cuda")
+        hessian_accumulate(Ht, X, backend=backend)
+        assert fp32_settings() == before
+        assert torch.backends.cuda.matmul.allow_tf32
+    finally:
+        _precision._set(saved)
+    assert torch.equal(plain.weight, tf32.weight) and torch.equal(plain.mask, tf32.mask)
+    assert torch.equal(Hp, Ht)
+
+
+def test_cuda_bindings_name_the_bad_argument():
+    """Every binding of ssgr._cuda checks device, dtype, shape and layout of each tensor and
+    names the argument."""
+    _need("sparsegpt", "cuda")
+    from ssgr.ops import _gpu
+
+    lib = _gpu.cuda_lib()
+    H = torch.zeros(64, 64, device="cuda")
+    with pytest.raises(RuntimeError, match="hessian: X must be"):
+        lib.hessian(H, torch.zeros(8, 32, device="cuda"), 1)
+    with pytest.raises(RuntimeError, match="hessian: H must be"):
+        lib.hessian(H.double(), torch.zeros(8, 64, device="cuda"), 1)
+    rows, count = 32, 16
+    W1 = torch.randn(rows, count, device="cuda")
+    U = torch.eye(count, device="cuda")
+    keep = torch.empty(rows, count, dtype=torch.uint8, device="cuda")
+    err = torch.empty(rows, count, device="cuda")
+    losses = torch.zeros(rows, device="cuda")
+    prune = torch.zeros(rows, count, dtype=torch.uint8, device="cuda")
+    lib.obs_block(W1, U, prune, 0, 0, keep, err, losses, 32)  # the valid call runs
+    bad = {
+        "U": (W1, U.double(), prune, keep, err, losses),
+        "keep": (W1, U, prune, keep.float(), err, losses),
+        "err": (W1, U, prune, keep, err[:, :8], losses),
+        "losses": (W1, U, prune, keep, err, losses[:4]),
+        "prune": (W1, U, prune.t(), keep, err, losses),
+    }
+    for name, (w, u, p, k, e, lo) in bad.items():
+        with pytest.raises(RuntimeError, match=f"obs_block: {name} must be"):
+            lib.obs_block(w, u, p, 0, 0, k, e, lo, 32)
+    with pytest.raises(RuntimeError, match="nm_mask: scores must be"):
+        lib.nm_mask(torch.zeros(4, 8, dtype=torch.int32, device="cuda"), 2, 4)
+    with pytest.raises(RuntimeError, match="topk_mask: scores must be"):
+        lib.topk_mask(torch.zeros(8, device="cuda"), 2)

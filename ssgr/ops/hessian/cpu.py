@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._precision import ieee_fp32
 from .._registry import register
 from . import reference
 
@@ -21,8 +22,14 @@ def hessian(H: torch.Tensor, X: torch.Tensor, block: int = SYRK_BLOCK,
     ``X[:, :j1]^T X[:, j]`` into ``H[:j1, j]`` (about half the multiply-adds of the full product),
     then each strictly-lower block is copied from its transpose. H must be symmetric on entry (as
     every accumulated Hessian is); the result is then exactly symmetric outside the diagonal
-    blocks and symmetric to fp32 rounding inside them.
+    blocks and symmetric to fp32 rounding inside them. The GEMMs run in IEEE float32 whatever the
+    global ``torch.set_float32_matmul_precision`` (:func:`ssgr.ops._precision.ieee_fp32`).
     """
+    with ieee_fp32():
+        _syrk(H, X, block, chunk)
+
+
+def _syrk(H: torch.Tensor, X: torch.Tensor, block: int, chunk: int) -> None:
     d = H.shape[0]
     if d <= block:
         reference.hessian_accumulate(H, X, chunk)

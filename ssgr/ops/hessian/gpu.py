@@ -50,7 +50,8 @@ def _float32_h(H: torch.Tensor, backend: str) -> None:
 def hessian_triton(H: torch.Tensor, X: torch.Tensor) -> None:
     """``H[d, d] += X^T X`` (fp32) for ``X[t, d]`` bf16/fp16/fp32."""
     _float32_h(H, "triton")
-    _gpu.triton_kernels("hessian").hessian_accumulate(H, X)
+    with _gpu.launch_scope("hessian (triton)", H=H, X=X):
+        _gpu.triton_kernels("hessian").hessian_accumulate(H, X)
 
 
 def default_splits(tokens: int, d: int, device: torch.device) -> int:
@@ -70,4 +71,6 @@ def hessian_cuda(H: torch.Tensor, X: torch.Tensor) -> None:
     _float32_h(H, "cuda")
     if X.dtype == torch.float64:
         raise InputError("the cuda backend takes bf16/fp16/fp32 activations, not float64")
-    _gpu.cuda_lib().hessian(H, X, splits=default_splits(X.shape[0], X.shape[1], H.device))
+    with _gpu.launch_scope("hessian (cuda)", H=H, X=X) as device:
+        splits = default_splits(X.shape[0], X.shape[1], device)
+        _gpu.cuda_lib().hessian(H, X, splits=splits)

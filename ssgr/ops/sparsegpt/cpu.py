@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
+from .._precision import ieee_fp32
 from .._registry import register
 from ._common import damped, prepare
 
@@ -49,7 +50,17 @@ def sparsegpt(
     ``f1, f2 = c - i2, c - i1`` for block ``[i1, i2)``: ``T_bb = J L[f1:f2, f1:f2] J``,
     ``T[i1:i2, i2:] = J L[f1:f2, :f1] J``, and the accumulator is kept column-reversed
     (``accf[:, c - 1 - j] = sum_{a} (W_a - Q_a) T_aj``), so every product reads L in place.
-    Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``."""
+    The torch GEMMs run in IEEE float32 whatever the global matmul precision
+    (:func:`ssgr.ops._precision.ieee_fp32`). Returns ``(Q[r, c] fp32, keep[r, c] bool, loss,
+    damping)``."""
+    with ieee_fp32():
+        return _flipped_sparsegpt(W, H, sparsity, n_prune, m, blocksize, percdamp)
+
+
+def _flipped_sparsegpt(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     Wc, Hc = prepare(W, H, torch.float32)
     L, damping = damped(Hc.contiguous(), percdamp, _flipped_cholesky)
     del Hc

@@ -92,7 +92,17 @@ def blocked_sparsegpt(
     from one triangular solve. Per block: the unstructured prune mask (a threshold over the whole
     block, in torch), ``block_fn(W1, U_bb, prune, n_prune, m, keep, err, losses)`` (the fused
     column loop, in place), then the trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` (one
-    GEMM). Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``."""
+    GEMM). Everything runs inside :func:`ssgr.ops._gpu.launch_scope` (W's device current, IEEE
+    float32 GEMMs). Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``; raises InputError
+    when W and H are on different devices."""
+    with _gpu.launch_scope("sparsegpt", W=W, H=H):
+        return _blocked(W, H, sparsity, n_prune, m, blocksize, percdamp, block_fn)
+
+
+def _blocked(
+    W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
+    percdamp: float, block_fn: BlockFn,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     Wc, Hc = prepare(W, H, torch.float32)
     T, damping = damped(Hc, percdamp, _inverse_factor_flipped)
     del Hc
