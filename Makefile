@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
-.PHONY: setup run test lint install-check bench cuda-check gpu-check gpu clean
+.PHONY: setup run test lint install-check bench cuda-check gpu-check gpu gpu-dry-run clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,20 +66,18 @@ gpu-check: setup
 	NVCC=$(NVCC) $(PY) benchmarks/sm90_static.py --write benchmarks/results/sm90a-static.md
 
 # On a GPU machine that already has torch, triton, pybind11, pytest and pytest-benchmark (no
-# internet): build ssgr with the CUDA extension for sm_90a, run the GPU tests, then the GPU
-# benchmarks: gpu.py's goal checks at Qwen-14B layer shapes, then the pytest-benchmark set at
-# Qwen2.5-7B / R1-Distill-Qwen-14B shapes (JSON, table and PNG in benchmarks/results/, named
-# after the device).
-# llm-compressor (the OBS peer) is installed from $(GPU_WHEELS) when it is not importable.
+# internet): one prepared call (benchmarks/gpu_run.py, about 8 minutes, each step with its own time
+# budget): build ssgr with the CUDA extension for sm_90a, install llm-compressor from
+# benchmarks/wheels when it is missing, `ssgr selftest --device cuda`, the GPU tests, then the GPU
+# benchmarks at R1-Distill-Qwen-14B shapes against the torch baselines and llm-compressor. Results
+# (JSON, table, PNG) go to benchmarks/results/gpu-<device>.*, rewritten after every step.
+# `make gpu-dry-run` runs the same script at tiny shapes on CPU (CI runs it).
 GPU_PYTHON ?= python3
-GPU_WHEELS ?= benchmarks/wheels
 gpu:
-	TORCH_CUDA_ARCH_LIST=9.0a $(GPU_PYTHON) -m pip install -q --no-build-isolation --no-deps --no-index -e .
-	$(GPU_PYTHON) -c "import torch, ssgr._cuda; assert torch.cuda.is_available(), 'no CUDA device'"
-	$(GPU_PYTHON) -c "import llmcompressor" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --find-links $(GPU_WHEELS) llmcompressor==0.14.0.1 || echo "llm-compressor unavailable: the OBS peer is reported as missing"
-	cd tests && $(GPU_PYTHON) -m pytest -q -p no:cacheprovider ops
-	$(GPU_PYTHON) benchmarks/gpu.py
-	$(GPU_PYTHON) benchmarks/run_bench.py
+	$(GPU_PYTHON) benchmarks/gpu_run.py
+
+gpu-dry-run: setup
+	$(PY) benchmarks/gpu_run.py --dry-run
 
 clean:
 	rm -rf build *.egg-info ssgr/*.so $(VENV)

@@ -51,9 +51,16 @@ def _ordered_groups(data: dict) -> list[tuple[str, str, list[dict]]]:
     return [(_op(groups[g][0]), g, groups[g]) for g in sorted(groups, key=key)]
 
 
+#: The fairest plain-torch baselines, preferred where a group has them: cuBLAS bf16 -> fp32
+#: output for the Hessian (GPU only) and ``torch.kthvalue`` for a layer-wide top-k.
+PREFERRED_BASELINES = ("torch-mm-fp32out", "torch-kthvalue")
+
+
 def _baseline(impls: list[str]) -> str | None:
-    """The group's plain torch baseline (``torch-*``), if any."""
-    return next((i for i in sorted(impls) if i.startswith("torch")), None)
+    """The group's plain torch baseline (``torch-*``): a preferred one where present, else the
+    first by name; None if the group has none."""
+    preferred = next((b for b in PREFERRED_BASELINES if b in impls), None)
+    return preferred or next((i for i in sorted(impls) if i.startswith("torch")), None)
 
 
 def _seconds(t: float) -> str:
