@@ -19,6 +19,16 @@ Interface (same as upstream):
   ignored, as upstream. The layer's weight is overwritten in place in its dtype.
 - ``free()`` releases the Hessian; attributes ``layer``, ``dev``, ``rows``, ``columns``, ``H``,
   ``nsamples``.
+- ``quantizer`` (optional, IST's ``--wbits`` drivers): with ``gpt.quantizer`` set to a configured
+  IST ``quant.Quantizer`` (or :class:`ssgr.compat.quant.Quantizer`) before ``fasterprune``, every
+  kept weight is put on the quantizer's grid inside the column loop, as upstream: the grid is
+  fitted per row from the fp32 weight unless the quantizer is already ``ready()``, each column is
+  pruned, quantized, and its error compensated in the later columns. This joint path is the slow
+  one (a torch step per column on the layer's device, ``_obs_quantized``): no ssgr kernel
+  quantizes, so it is taken only when a quantizer is attached; a forced backend other than
+  ``reference`` is refused, and so is an unconfigured quantizer (upstream would write NaN).
+  ``quantizer = None`` means none. Unstructured ``sparsity=0`` with a quantizer prunes nothing
+  (quantize only; upstream also prunes each block's smallest weight).
 
 ``H`` and ``nsamples`` keep IST's semantics: ``nsamples`` counts samples (sequences), and after
 any number of batches ``H = 2 / nsamples * sum X^T X`` (fp32, ``[columns, columns]``, on the
@@ -37,13 +47,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ssgr.ops import SparseGPTResult, hessian_accumulate, sparsegpt_prune
+from ssgr.errors import InputError
+from ssgr.ops import CholeskyError, SparseGPTResult, hessian_accumulate, sparsegpt_prune
+from ssgr.ops.reference import inverse_hessian_factor
+from ssgr.ops.sparsegpt import MAX_DAMPING_TRIES
 
 from ._layers import inputs_2d, layer_kind, weight_2d, write_weight_2d
+from .quant import quantize
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +80,93 @@ def _nm_args(prunen: object, prunem: object, prune_n: object, prune_m: object,
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{who}: {nm} must be a non-negative int, got {v!r}")
     return prunen, prunem
+
+
+def _damped_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float]:
+    """``U`` = upper Cholesky of ``(H + percdamp * mean(diag H) * I)^-1`` with the ops' retry
+    policy (``percdamp`` x10, :data:`ssgr.ops.sparsegpt.MAX_DAMPING_TRIES` tries; the last failure
+    raises :class:`ssgr.ops.CholeskyError`). Returns ``(U[c, c], fraction used)``."""
+    mean_diag = torch.mean(torch.diag(H))
+    frac, tried = percdamp, []
+    for _ in range(MAX_DAMPING_TRIES):
+        Hd = H.clone()
+        Hd.diagonal().add_(frac * mean_diag)
+        try:
+            U = inverse_hessian_factor(Hd)
+            if bool(torch.isfinite(U.diagonal()).all()):
+                if tried:
+                    log.warning("Cholesky succeeded only with damping %g (failed at %s)", frac,
+                                ", ".join(f"{t:g}" for t in tried))
+                return U, frac
+        except torch.linalg.LinAlgError:
+            pass
+        tried.append(frac)
+        frac *= 10
+    raise CholeskyError(
+        "Cholesky of the damped Hessian failed at damping " + ", ".join(f"{t:g}" for t in tried)
+        + f" (H is {H.shape[0]}x{H.shape[0]}); use more calibration tokens or a larger percdamp"
+    )
+
+
+def _obs_quantized(
+    W: torch.Tensor, H: torch.Tensor, grid: Callable[[torch.Tensor], torch.Tensor], *,
+    sparsity: float, n_prune: int, m: int, blocksize: int, percdamp: float,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """SparseGPT's blocked OBS loop with every kept weight put on a quantization grid (SparseGPT
+    paper, Frantar & Alistarh 2023, section 3.5 "joint sparsification and quantization"; IST's
+    ``fasterprune`` with a quantizer). The slow path: one torch step per column, taken only when
+    a quantizer is attached (no ssgr kernel quantizes).
+
+    Args:
+        W: ``[r, c]`` float32 weights (a copy: modified in place).
+        H: ``[c, c]`` float32 Hessian, IST-scaled (not modified).
+        grid: maps a column ``q[r, 1]`` (pruned entries already 0) to its grid values.
+        sparsity: unstructured fraction pruned per block (``n_prune == 0``); 0 prunes nothing.
+        n_prune, m: N:M, prune ``n_prune`` of every ``m`` (chosen from the updated weights).
+        blocksize: columns per OBS block. percdamp: damping fraction (> 0), retried x10.
+    Returns:
+        ``(Q[r, c] float32, keep[r, c] bool, loss, damping)``: ``loss`` is IST's
+        ``sum (w - q)^2 / U_ii^2 / 2``.
+    Raises:
+        CholeskyError: H stays non positive-definite after every damping retry.
+    """
+    rows, cols = W.shape
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H.diagonal()[dead] = 1
+    W[:, dead] = 0
+    U, damping = _damped_factor(H, percdamp)
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
+    losses = torch.zeros(rows, device=W.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1, Err1, L1 = torch.zeros_like(W1), torch.zeros_like(W1), torch.zeros_like(W1)
+        U1 = U[i1:i2, i1:i2]
+        d1 = torch.diag(U1)
+        if n_prune == 0 and sparsity > 0:
+            score = W1**2 / d1.reshape(1, -1) ** 2
+            mask1 = score <= torch.sort(score.flatten())[0][int(score.numel() * sparsity)]
+        else:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        for i in range(i2 - i1):
+            w, d = W1[:, i], U1[i, i]
+            if n_prune != 0 and i % m == 0:
+                score = W1[:, i:i + m] ** 2 / d1[i:i + m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(score, n_prune, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            q = grid(q.unsqueeze(1)).flatten()
+            Q1[:, i] = q
+            L1[:, i] = (w - q) ** 2 / d**2
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1).matmul(U1[i, i:].unsqueeze(0))
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        keep[:, i1:i2] = ~mask1
+        losses += torch.sum(L1, 1) / 2
+        W[:, i2:] -= Err1.matmul(U[i1:i2, i2:])
+    return W, keep, float(losses.sum().item()), damping
 
 
 class SparseGPT:
@@ -170,17 +272,86 @@ class SparseGPT:
             kw = dict(sparsity=sparsity)
             pattern = f"{sparsity} unstructured"
         W = weight_2d(self.layer, self._kind)
+        quantizer = getattr(self, "quantizer", None)
         tick = time.perf_counter()
         try:
-            res = sparsegpt_prune(W, self.H, blocksize=blocksize, percdamp=percdamp,
-                                  backend=self.backend, **kw)
+            if quantizer is None:
+                res = sparsegpt_prune(W, self.H, blocksize=blocksize, percdamp=percdamp,
+                                      backend=self.backend, **kw)
+            else:
+                res = self._prune_quantized(quantizer, W, blocksize, percdamp, sparsity,
+                                            prunen, prunem, who)
+                pattern += f" + {int(quantizer.maxq).bit_length()}-bit grid"
         except ValueError as exc:
-            raise ValueError(f"{who}: {exc}") from None
+            msg = str(exc)
+            raise InputError(msg if msg.startswith(who) else f"{who}: {msg}") from None
         write_weight_2d(self.layer, self._kind, res.weight)
         self.H = None
         log.info("%s: pruned %s in %.2fs, loss %.4g, damping %g", self.name, pattern,
                  time.perf_counter() - tick, res.loss, res.damping)
         return res
+
+    def _prune_quantized(self, quantizer: object, W: torch.Tensor, blocksize: int,
+                         percdamp: float, sparsity: float, prunen: int, prunem: int,
+                         who: str) -> SparseGPTResult:
+        """The joint sparsify + quantize path (IST ``fasterprune`` with ``self.quantizer``).
+
+        Checks the quantizer, finds its per-row grid from the fp32 weight when it is not
+        ready (as upstream: before dead columns are zeroed), and runs :func:`_obs_quantized`.
+        """
+        if self.backend not in (None, "reference"):
+            raise InputError(
+                f"backend={self.backend!r} cannot quantize: with a quantizer attached the joint "
+                "sparsify + quantize loop runs in torch (the reference path); pass backend=None "
+                "or 'reference', or set self.quantizer = None"
+            )
+        for attr in ("maxq", "scale", "zero", "ready", "find_params"):
+            if not hasattr(quantizer, attr):
+                raise InputError(
+                    f"self.quantizer ({type(quantizer).__name__}) has no '{attr}'; attach IST's "
+                    "quant.Quantizer or ssgr.compat.quant.Quantizer, configured with "
+                    "configure(bits, perchannel=..., sym=..., mse=...), or set it to None"
+                )
+        maxq = int(quantizer.maxq)
+        if maxq <= 0:
+            raise InputError(
+                "self.quantizer is not configured (maxq = 0); call "
+                "quantizer.configure(bits, perchannel=..., sym=..., mse=...) before fasterprune"
+            )
+        if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
+            raise InputError(f"blocksize must be a positive int, got {blocksize!r}")
+        if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp > 0:
+            raise InputError(
+                f"percdamp must be a float > 0 (0.01 is the usual value), got {percdamp!r}"
+            )
+        if prunen:
+            if blocksize % prunem != 0:
+                raise InputError(f"blocksize={blocksize} is not a multiple of m={prunem}: N:M "
+                                 "groups would straddle OBS blocks")
+        elif isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not (
+                0.0 <= sparsity < 1.0):
+            raise InputError(f"sparsity must be in [0, 1) (fraction of weights removed), "
+                             f"got {sparsity!r}")
+        Wf = W.to(self.dev, torch.float32, copy=True)
+        if not quantizer.ready():
+            quantizer.find_params(Wf, weight=True)
+        scale, zero = (torch.as_tensor(t, dtype=torch.float32, device=self.dev)
+                       for t in (quantizer.scale, quantizer.zero))
+        if scale.numel() not in (1, self.rows) or zero.numel() != scale.numel():
+            raise InputError(
+                f"self.quantizer has scale of shape {tuple(scale.shape)} and zero of shape "
+                f"{tuple(zero.shape)}; a weight grid needs one per output row ({self.rows}) or "
+                "one for the tensor: call quantizer.find_params(W, weight=True) on this layer's "
+                "weight (or leave it unfitted so fasterprune fits it)"
+            )
+        scale, zero = scale.reshape(-1, 1), zero.reshape(-1, 1)
+        log.info("%s: quantizer attached: joint sparsify + %d-level quantize on the slow torch "
+                 "path", self.name, maxq + 1)
+        Q, keep, loss, damping = _obs_quantized(
+            Wf, self.H, lambda q: quantize(q, scale, zero, maxq), sparsity=float(sparsity),
+            n_prune=prunen, m=prunem, blocksize=blocksize, percdamp=float(percdamp),
+        )
+        return SparseGPTResult(Q.to(W.dtype), keep, loss, damping)
 
     def free(self) -> None:
         """Release the Hessian (upstream's ``free``)."""

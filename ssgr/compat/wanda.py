@@ -10,17 +10,21 @@ Switch by changing the import and the mask selection::
 or let :func:`prune_wrapped` do metric, mask and zeroing for one wrapped layer.
 
 ``WrappedGPT(layer, layer_id=0, layer_name="none")`` keeps wanda's attributes (``layer``, ``dev``,
-``rows``, ``columns``, ``nsamples``, ``layer_id``, ``layer_name``) and ``scaler_row[columns]`` with
-wanda's meaning: ``sum over tokens of x^2`` divided by ``nsamples`` (samples = sequences; a 2-D
-input is one sample). The sums are accumulated in fp32 by :class:`ssgr.ops.HessianAccumulator`
-(``hessian=False``) and ``scaler_row`` is formed on access (a new tensor; wanda updates a running
-average, equal up to fp32 rounding). ``transformers.Conv1D`` and ``nn.Conv2d`` (unfolded input)
-are accepted too; upstream handles ``nn.Linear`` only.
+``rows``, ``columns``, ``nsamples``, ``layer_id``, ``layer_name``, ``scaler_row``) with wanda's
+meaning. ``scaler_row`` is a plain fp32 tensor ``[columns]`` (zeros at first), as upstream: each
+``add_batch`` updates it in place with wanda's running average ``scaler_row *= n_old / n_new;
+scaler_row += ||x_col||^2 / n_new`` (samples = sequences; a 2-D input is one sample), computed with
+the same torch ops, so it is bit-identical to wanda's; it can be edited in place or reassigned,
+and the next ``add_batch`` and :meth:`WrappedGPT.metric` use what is there. ``tokens`` counts rows
+of input. ``transformers.Conv1D`` and ``nn.Conv2d`` (unfolded input) are accepted too; upstream
+handles ``nn.Linear`` only.
 
 ``prune_n`` / ``prune_m`` keep wanda's meaning: *prune* ``prune_n`` of every ``prune_m``
 (``"2:4"``); ``prune_n == 0`` is per-row unstructured pruning of ``int(columns * sparsity_ratio)``
-weights with wanda's stable sort order. Masks are wanda's: True = pruned. Wanda's
-``--use_variant`` (alpha search) is not provided. Importing this module has no side effects.
+weights with wanda's stable sort order. Masks are wanda's: True = pruned. :func:`wanda_mask`
+has no ``--use_variant`` (alpha search): a driver that needs it switches the import only and
+keeps its own mask block, which reads the bit-identical ``scaler_row``. Importing this module
+has no side effects.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssgr.ops import HessianAccumulator, nm_mask, topk_mask, wanda_scores
+from ssgr.errors import InputError
+from ssgr.ops import nm_mask, topk_mask, wanda_scores
 
 from ._layers import inputs_2d, layer_kind, weight_2d, write_weight_2d
 
@@ -55,31 +60,45 @@ class WrappedGPT:
         self.backend = backend
         W = weight_2d(layer, self._kind)
         self.rows, self.columns = int(W.shape[0]), int(W.shape[1])
+        self.scaler_row = torch.zeros(self.columns, device=self.dev)
         self.nsamples = 0
-        self._acc = HessianAccumulator(self.columns, self.dev, hessian=False, name=who)
-
-    @property
-    def tokens(self) -> int:
-        """Rows of input seen (tokens; Conv2d: output positions)."""
-        return self._acc.tokens
-
-    @property
-    def scaler_row(self) -> torch.Tensor:
-        """``[columns]`` fp32: ``sum_tokens x^2 / nsamples`` (zeros before any batch)."""
-        if self._acc.tokens == 0:
-            return torch.zeros(self.columns, device=self.dev)
-        return self._acc.col_sq_norms() * (self._acc.tokens / self.nsamples)
+        self.tokens = 0
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor | None = None) -> None:
         """Add one batch of the layer's input (Linear ``[..., columns]``, Conv2d
-        ``[B, C, H, W]``); ``out`` is unused (wanda's hook signature)."""
-        X, samples = inputs_2d(self.layer, self._kind, inp, self.columns,
-                               f"WrappedGPT({self.layer_name}).add_batch")
-        self._acc.add(X)
-        self.nsamples += samples
+        ``[B, C, H, W]``) to ``scaler_row`` in place (wanda's running average; see the module
+        docstring); ``out`` is unused (wanda's hook signature).
+
+        Raises:
+            InputError: the input does not match the layer, or ``scaler_row`` was replaced by
+                something that is not a float tensor of shape ``[columns]``.
+        """
+        who = f"WrappedGPT({self.layer_name}).add_batch"
+        X, samples = inputs_2d(self.layer, self._kind, inp, self.columns, who)
+        row = self.scaler_row
+        if not (isinstance(row, torch.Tensor) and row.is_floating_point()
+                and tuple(row.shape) == (self.columns,)):
+            raise InputError(
+                f"{who}: scaler_row must be a float tensor of shape [{self.columns}], got "
+                f"{type(row).__name__} {tuple(getattr(row, 'shape', ()))}"
+            )
+        if samples == 0:
+            return
+        total = self.nsamples + samples
+        row *= self.nsamples / total
+        self.nsamples = total
+        X = X.to(row.device).type(torch.float32)
+        row += torch.linalg.vector_norm(X, ord=2, dim=0) ** 2 / self.nsamples
+        self.tokens += int(X.shape[0])
 
     def metric(self) -> torch.Tensor:
-        """Wanda's ``W_metric[rows, columns] = |W| * sqrt(scaler_row)`` (fp32)."""
+        """Wanda's ``W_metric[rows, columns] = |W| * sqrt(scaler_row)`` (fp32), from the
+        current ``scaler_row`` (edits and reassignments included).
+
+        Raises:
+            ValueError: no batch was added; InputError: ``scaler_row`` has the wrong shape,
+                device or negative entries.
+        """
         if self.nsamples == 0:
             raise ValueError(
                 f"WrappedGPT({self.layer_name}): no calibration input was added; call "

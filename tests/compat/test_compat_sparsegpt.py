@@ -193,6 +193,9 @@ def test_free_releases_hessian():
         (lambda: SparseGPT(nn.Linear(16, 4)),
          lambda g: (g.add_batch(torch.randn(2, 5, 16), None), g.fasterprune(0, 2, 8, blocksize=4)),
          "blocksize=4 is not a multiple of m=8"),
+        (lambda: SparseGPT(nn.Linear(16, 4)),  # upstream accepts percdamp=0 (no damping)
+         lambda g: (g.add_batch(torch.randn(2, 5, 16), None), g.fasterprune(0.5, percdamp=0)),
+         r"percdamp must be a float > 0"),
         (lambda: SparseGPT(nn.Conv2d(3, 4, 3)), lambda g: g.add_batch(torch.randn(5, 3), None),
          r"Conv2d input must be \[B, C, H, W\]"),
     ],

@@ -127,3 +127,81 @@ def _fed(layer: nn.Module, name: str, then):
     w = WrappedGPT(layer, layer_name=name)
     w.add_batch(torch.randn(2, 3, layer.in_features), None)
     return then(w)
+
+
+def _upstream_scaler_row(batches, columns):
+    """wanda's WrappedGPT.add_batch (lib/layerwrapper.py) written out for nn.Linear."""
+    row, n = torch.zeros(columns), 0
+    for inp in batches:
+        if inp.dim() == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        inp = inp.reshape(-1, inp.shape[-1]).t()
+        row *= n / (n + tmp)
+        n += tmp
+        row += torch.norm(inp.type(torch.float32), p=2, dim=1) ** 2 / n
+    return row, n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scaler_row_is_bit_identical_to_wanda(seed, dtype):
+    """The import-only switch: scaler_row equals wanda's bit for bit, so wanda's own mask code
+    (use_variant included) gives wanda's masks."""
+    batches = [torch.randn(2, 9, 32, dtype=dtype), torch.randn(5, 32, dtype=dtype),
+               torch.randn(3, 4, 32, dtype=dtype) * 3]
+    w = WrappedGPT(nn.Linear(32, 8).to(dtype))
+    for x in batches:
+        w.add_batch(x, None)
+    ref, n = _upstream_scaler_row(batches, 32)
+    assert w.nsamples == n == 6 and w.tokens == 18 + 5 + 12
+    assert w.scaler_row.dtype == torch.float32 and torch.equal(w.scaler_row, ref)
+
+
+@pytest.mark.parametrize("edit", ["in-place", "reassigned"])
+def test_scaler_row_edits_are_kept_and_used(seed, edit):
+    """scaler_row is a plain tensor: an in-place edit or a new tensor is what metric(), the mask
+    and the next add_batch's running average use (as in wanda)."""
+    lin = nn.Linear(32, 8)
+    w = WrappedGPT(lin)
+    held = w.scaler_row  # a reference kept by the caller sees every update (in place, as wanda)
+    b1, b2 = torch.randn(2, 6, 32), torch.randn(3, 6, 32)
+    w.add_batch(b1, None)
+    assert held is w.scaler_row
+    boost = torch.ones(32)
+    boost[:8] = 100.0  # make the first 8 input columns count much more
+    if edit == "in-place":
+        w.scaler_row.mul_(boost)
+        assert held is w.scaler_row
+    else:
+        w.scaler_row = w.scaler_row * boost
+        assert held is not w.scaler_row
+    edited = w.scaler_row.clone()
+    W = lin.weight.detach().clone()
+    torch.testing.assert_close(w.metric(), W.abs() * edited.sqrt(), rtol=0, atol=0)
+    # the next batch continues wanda's running average from the edited values
+    w.add_batch(b2, None)
+    X2 = b2.reshape(-1, 32).t()
+    expect = edited * (2 / 5) + torch.norm(X2, p=2, dim=1) ** 2 / 5
+    torch.testing.assert_close(w.scaler_row, expect, rtol=1e-6, atol=0)
+    mask = prune_wrapped(w, 0.5)
+    assert bool(mask[:, 8:].float().mean() > 0.6), "boosted columns are pruned less"
+    assert torch.equal(mask, wanda_mask(W.abs() * expect.sqrt(), 0.5))
+    assert torch.equal(lin.weight.detach(), W.masked_fill(mask, 0))
+
+
+def test_prune_wrapped_writes_the_weight_in_place(seed):
+    lin = nn.Linear(16, 4)
+    w = WrappedGPT(lin)
+    w.add_batch(torch.randn(2, 3, 16), None)
+    ptr = lin.weight.data_ptr()
+    prune_wrapped(w, 0, 2, 4)
+    assert lin.weight.data_ptr() == ptr and int((lin.weight == 0).sum()) == 4 * 16 // 2
+
+
+@pytest.mark.parametrize("bad", [torch.ones(7), torch.ones(8, dtype=torch.long), None],
+                         ids=["shape", "int", "none"])
+def test_replaced_scaler_row_must_fit(bad):
+    w = WrappedGPT(nn.Linear(8, 4), layer_name="v_proj")
+    w.scaler_row = bad
+    with pytest.raises(ValueError, match=r"v_proj.*scaler_row must be a float tensor of shape"):
+        w.add_batch(torch.randn(2, 3, 8), None)
