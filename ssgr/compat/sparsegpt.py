@@ -53,9 +53,8 @@ import torch
 from torch import nn
 
 from ssgr.errors import InputError
-from ssgr.ops import CholeskyError, SparseGPTResult, hessian_accumulate, sparsegpt_prune
-from ssgr.ops.reference import inverse_hessian_factor
-from ssgr.ops.sparsegpt import MAX_DAMPING_TRIES
+from ssgr.ops import SparseGPTResult, hessian_accumulate, sparsegpt_prune
+from ssgr.ops.sparsegpt.reference import damped_inverse_factor
 
 from ._layers import inputs_2d, layer_kind, weight_2d, write_weight_2d
 from .quant import quantize
@@ -80,32 +79,6 @@ def _nm_args(prunen: object, prunem: object, prune_n: object, prune_m: object,
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{who}: {nm} must be a non-negative int, got {v!r}")
     return prunen, prunem
-
-
-def _damped_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float]:
-    """``U`` = upper Cholesky of ``(H + percdamp * mean(diag H) * I)^-1`` with the ops' retry
-    policy (``percdamp`` x10, :data:`ssgr.ops.sparsegpt.MAX_DAMPING_TRIES` tries; the last failure
-    raises :class:`ssgr.ops.CholeskyError`). Returns ``(U[c, c], fraction used)``."""
-    mean_diag = torch.mean(torch.diag(H))
-    frac, tried = percdamp, []
-    for _ in range(MAX_DAMPING_TRIES):
-        Hd = H.clone()
-        Hd.diagonal().add_(frac * mean_diag)
-        try:
-            U = inverse_hessian_factor(Hd)
-            if bool(torch.isfinite(U.diagonal()).all()):
-                if tried:
-                    log.warning("Cholesky succeeded only with damping %g (failed at %s)", frac,
-                                ", ".join(f"{t:g}" for t in tried))
-                return U, frac
-        except torch.linalg.LinAlgError:
-            pass
-        tried.append(frac)
-        frac *= 10
-    raise CholeskyError(
-        "Cholesky of the damped Hessian failed at damping " + ", ".join(f"{t:g}" for t in tried)
-        + f" (H is {H.shape[0]}x{H.shape[0]}); use more calibration tokens or a larger percdamp"
-    )
 
 
 def _obs_quantized(
@@ -135,7 +108,7 @@ def _obs_quantized(
     dead = torch.diag(H) == 0
     H.diagonal()[dead] = 1
     W[:, dead] = 0
-    U, damping = _damped_factor(H, percdamp)
+    U, damping = damped_inverse_factor(H, percdamp)
     keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
     losses = torch.zeros(rows, device=W.device)
     for i1 in range(0, cols, blocksize):

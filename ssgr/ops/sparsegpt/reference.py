@@ -85,6 +85,13 @@ def _reference_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     return inverse_hessian_factor(Hd)
 
 
+def damped_inverse_factor(H: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, float]:
+    """``(U[c, c], fraction used)``: ``U`` the upper Cholesky factor of ``(H + percdamp *
+    mean(diag H) * I)^-1`` in H's dtype, with the op's damping retries (x10 per failure,
+    ``MAX_DAMPING_TRIES`` tries). Raises :class:`~ssgr.ops.CholeskyError` after the last."""
+    return damped(H, percdamp, _reference_factor)
+
+
 @register("sparsegpt", "reference", devices=("cpu", "cuda"))
 def sparsegpt(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
@@ -94,7 +101,7 @@ def sparsegpt(
     damping)``."""
     dtype = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
     Wc, Hc = prepare(W, H, dtype)
-    U, damping = damped(Hc, percdamp, _reference_factor)
+    U, damping = damped_inverse_factor(Hc, percdamp)
     Q, keep, loss = sparsegpt_blocks(
         Wc, U, sparsity=sparsity, n_prune=n_prune, m=m, blocksize=blocksize
     )
