@@ -141,6 +141,36 @@ def test_dead_columns(seed, backend):
 
 
 @pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+def test_sparsity_zero_is_the_dense_weight(seed, backend):
+    """#18 item 2: sparsity=0 prunes nothing and compensates nothing (dead columns included):
+    the weights come back bitwise unchanged, mask all True, loss 0."""
+    W = torch.randn(64, 256)
+    X = torch.randn(300, 256)
+    X[:, 5] = 0  # a dead input: zeroed by SparseGPT when it prunes, but nothing is pruned here
+    res = sparsegpt_prune(W, X.T @ X, sparsity=0.0, backend=backend)
+    assert torch.equal(res.weight, W) and bool(res.mask.all())
+    assert res.loss == 0.0 and res.damping == 0.0
+    assert res.weight.data_ptr() != W.data_ptr()  # a copy, as for any other sparsity
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
+@pytest.mark.parametrize("sparsity", [1e-6, 0.003])
+def test_block_share_rounding_to_zero_prunes_nothing(seed, backend, sparsity):
+    """Sibling of sparsity=0: a fraction whose per-block count int(numel * sparsity) is 0 prunes
+    no weight (llm-compressor's k+1 rule would prune the smallest of each block), while a block
+    whose count is positive keeps that rule. 16 x 128 blocks: 2048 weights, so 1e-6 gives 0 in
+    every block and 0.003 gives 6 in the full blocks and 0 in the 16 x 8 last block."""
+    W = torch.randn(16, 264)
+    H = random_hessian(264)
+    res = sparsegpt_prune(W, H, sparsity=sparsity, blocksize=128, backend=backend)
+    pruned = [int((~res.mask[:, i1 : i1 + 128]).sum()) for i1 in range(0, 264, 128)]
+    full = int(16 * 128 * sparsity)
+    assert pruned[:2] == ([0, 0] if full == 0 else [full + 1, full + 1]) and pruned[2] == 0
+    if full == 0:
+        torch.testing.assert_close(res.weight, W, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 def test_rank_deficient_hessian_is_damped(seed, backend):
     """Fewer tokens than inputs: H is singular, damping alone makes it work."""
     X = torch.randn(16, 96)

@@ -86,7 +86,10 @@ def sparsegpt_prune(
             automatic dispatch sends those to an implementation that computes in fp64, the
             reference, and a forced backend that computes in fp32 raises BackendError).
         H: ``[c, c]`` float32 Hessian (``X^T X``, any positive scale); not modified.
-        sparsity: unstructured fraction removed, in [0, 1) (per block of ``blocksize`` columns).
+        sparsity: unstructured fraction removed, in [0, 1) (per block of ``blocksize`` columns:
+            ``k = int(block numel * sparsity)``; llm-compressor's rule then prunes every weight
+            at or below the (k+1)-th smallest score, except that a block whose k is 0 prunes
+            nothing, and ``sparsity=0`` returns W unchanged: mask all True, loss 0, damping 0).
         n, m: N:M pattern instead of ``sparsity``: keep n of every m consecutive inputs.
         blocksize: columns per OBS block (a multiple of m for N:M).
         percdamp: damping as a fraction of ``mean(diag H)`` (> 0).
@@ -137,5 +140,8 @@ def sparsegpt_prune(
     _checks.finite("H", H, "the calibration activations had NaN/Inf")
     call = sparsegpt_call(W, H, n=m - n_prune if m else 0, m=m, blocksize=blocksize)
     _, fn = resolve("sparsegpt", W.device, backend, **call)
+    if n_prune == 0 and sparsity_f == 0.0:
+        # a dense baseline: nothing is pruned, so nothing is compensated (dead columns included)
+        return SparseGPTResult(W.clone(), torch.ones_like(W, dtype=torch.bool), 0.0, 0.0)
     Q, keep, loss, damping = fn(W, H, sparsity_f, n_prune, m, blocksize, float(percdamp))
     return SparseGPTResult(Q.to(W.dtype), keep, loss, damping)

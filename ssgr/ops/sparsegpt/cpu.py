@@ -92,7 +92,10 @@ def _flipped_sparsegpt(
         if n_prune == 0:
             prune = prune_blk if full else torch.empty(rows, count, dtype=torch.uint8)
             k = int(rows * count * sparsity)  # llm-compressor's per-block count (k+1 tie rule)
-            _native.block_prune_mask(W1, Ubb, k, prune)
+            if k == 0:  # the block's share rounds to no weight: prune none
+                prune.zero_()
+            else:
+                _native.block_prune_mask(W1, Ubb, k, prune)
         last = i2 == cols
         # Q goes into W's block, whose original values give D J = (W_b - Q_b) J; keep goes into
         # the bool mask (one byte, 0/1)

@@ -71,6 +71,8 @@ def unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) -> 
     ``block_prune_mask_f32`` in csrc/sparsegpt.cpp)."""
     tmp = W1**2 / (torch.diag(Ubb).reshape((1, -1))) ** 2
     k = int(tmp.numel() * sparsity)
+    if k == 0:  # the block's share rounds to no weight: prune none
+        return torch.zeros_like(tmp, dtype=torch.uint8)
     thresh = torch.kthvalue(tmp.flatten(), k + 1).values
     return (tmp <= thresh).to(torch.uint8).contiguous()
 

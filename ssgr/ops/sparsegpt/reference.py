@@ -54,8 +54,12 @@ def sparsegpt_blocks(
         Hinv1 = U[i1:i2, i1:i2]
         if n_prune == 0:
             tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-            mask1 = tmp <= thresh
+            k = int(tmp.numel() * sparsity)
+            if k == 0:  # the block's share rounds to no weight: prune none (not the k+1 rule's 1)
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            else:
+                thresh = torch.sort(tmp.flatten())[0][k]
+                mask1 = tmp <= thresh
         else:
             mask1 = torch.zeros_like(W1) == 1
         for i in range(count):
