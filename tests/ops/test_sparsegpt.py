@@ -153,6 +153,21 @@ def test_sparsity_zero_is_the_dense_weight(seed, backend):
     assert res.weight.data_ptr() != W.data_ptr()  # a copy, as for any other sparsity
 
 
+@pytest.mark.parametrize("dead,warned", [(64, True), (40, True), (8, False)])
+def test_more_dead_inputs_than_the_pattern_prunes_warns(seed, caplog, dead, warned):
+    """#18 item 4: an all-zero Hessian (dead module) zeroes every weight; the op says so once,
+    as it does when dead columns alone exceed the 50% target (40 of 64), and not for a few."""
+    W = torch.randn(8, 64)
+    X = torch.randn(100, 64)
+    X[:, :dead] = 0
+    with caplog.at_level("WARNING", logger="ssgr.ops.sparsegpt"):
+        res = sparsegpt_prune(W, X.T @ X, sparsity=0.5, blocksize=32)
+    msgs = [r.getMessage() for r in caplog.records if "never fired" in r.getMessage()]
+    assert len(msgs) == (1 if warned else 0), msgs
+    if dead == 64:
+        assert not bool(res.mask.any()) and bool((res.weight == 0).all())
+
+
 @pytest.mark.parametrize("backend", ["reference", *FAST_BACKENDS])
 @pytest.mark.parametrize("sparsity", [1e-6, 0.003])
 def test_block_share_rounding_to_zero_prunes_nothing(seed, backend, sparsity):

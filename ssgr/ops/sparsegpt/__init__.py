@@ -20,6 +20,7 @@ damping retries). "OBS" names the per-block kernel; the op is SparseGPT everywhe
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
@@ -29,6 +30,8 @@ from ssgr.errors import InputError
 from .. import _checks
 from .._registry import resolve
 from ._common import MAX_DAMPING_TRIES, CholeskyError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_DAMPING_TRIES", "CholeskyError", "SparseGPTResult", "sparsegpt_call", "sparsegpt_prune",
@@ -66,6 +69,20 @@ def sparsegpt_call(
     arguments can be passed as they are; it does not change dispatch."""
     return dict(dtype=W.dtype, H_dtype=H.dtype, rows=W.shape[0], cols=W.shape[1],
                 blocksize=blocksize, n=n, m=m)
+
+
+def _warn_dead_inputs(H: torch.Tensor, cols: int, target: float) -> None:
+    """One WARNING when more input columns never fired (``H_ii == 0``, zeroed by SparseGPT's
+    dead-column rule) than the pattern prunes: the result is then sparser than asked (100% for
+    an all-zero H, e.g. an expert no calibration token reached). The streaming engine flags such
+    a module in its report; this covers direct callers."""
+    dead = int((H.diagonal() == 0).sum())
+    if dead and dead / cols > target:
+        log.warning(
+            "sparsegpt_prune: %d of %d input columns never fired (H_ii == 0) and are zeroed, more "
+            "than the %.0f%% the pattern prunes: the result is sparser than asked (all zero if "
+            "H is). Calibrate with tokens that reach this module.", dead, cols, 100 * target,
+        )
 
 
 def sparsegpt_prune(
@@ -138,6 +155,7 @@ def sparsegpt_prune(
         sparsity_f, n_prune, m = _checks.sparsity_value("sparsity", sparsity), 0, 0
     _checks.finite("W", W, "the weights are corrupt; reload the model")
     _checks.finite("H", H, "the calibration activations had NaN/Inf")
+    _warn_dead_inputs(H, cols, sparsity_f if n_prune == 0 else n_prune / m)
     call = sparsegpt_call(W, H, n=m - n_prune if m else 0, m=m, blocksize=blocksize)
     _, fn = resolve("sparsegpt", W.device, backend, **call)
     if n_prune == 0 and sparsity_f == 0.0:
