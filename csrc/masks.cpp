@@ -1,6 +1,7 @@
 // Mask extraction on the CPU: N:M keep-top-n per group and per-row top-k, parallel over rows.
 // Tie rules are fixed so results are deterministic and equal the reference's stable sorts.
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 #include <vector>
 
@@ -59,24 +60,43 @@ void nm_mask(const T* scores, int64_t rows, int64_t cols, int64_t n, int64_t m, 
   }
 }
 
-template <typename T>
-void topk_mask(const T* scores, int64_t rows, int64_t cols, int64_t n_prune, uint8_t* keep) {
+// One row's mask: the n_prune smallest scores (ties: the lower column first) get 0. `order` is the
+// caller's index buffer, sized here on first use. The comparator is a strict total order, so the
+// pruned set is unique: any selection algorithm and index width give the same mask.
+template <typename I, typename T>
+void topk_row(const T* s, int64_t cols, int64_t n_prune, uint8_t* k, std::vector<I>& order) {
+  for (int64_t j = 0; j < cols; ++j) k[j] = 1;
+  if (n_prune <= 0) return;
+  if (static_cast<int64_t>(order.size()) != cols) order.resize(cols);
+  std::iota(order.begin(), order.end(), I{0});
+  auto less = [&](I a, I b) { return s[a] < s[b] || (s[a] == s[b] && a < b); };
+  if (n_prune < cols) std::nth_element(order.begin(), order.begin() + n_prune, order.end(), less);
+  const int64_t np = std::min(n_prune, cols);
+  for (int64_t j = 0; j < np; ++j) k[order[j]] = 0;
+}
+
+// Memory: one index buffer per thread that gets a row, allocated when it gets its first one (a
+// per-layer mask is one row: one buffer, not one per OpenMP thread), of 4-byte indices while the
+// row has fewer than 2^31 columns (int64 beyond).
+template <typename I, typename T>
+void topk_mask_idx(const T* scores, int64_t rows, int64_t cols, int64_t n_prune, uint8_t* keep) {
+  if (rows == 1) {  // a per-layer mask: no thread team at all
+    std::vector<I> order;
+    topk_row(scores, cols, n_prune, keep, order);
+    return;
+  }
 #pragma omp parallel
   {
-    std::vector<int64_t> order(cols);
+    std::vector<I> order;  // empty until this thread gets a row
 #pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* s = scores + r * cols;
-      uint8_t* k = keep + r * cols;
-      for (int64_t j = 0; j < cols; ++j) k[j] = 1;
-      if (n_prune <= 0) continue;
-      std::iota(order.begin(), order.end(), int64_t{0});
-      auto less = [&](int64_t a, int64_t b) { return s[a] < s[b] || (s[a] == s[b] && a < b); };
-      if (n_prune < cols) std::nth_element(order.begin(), order.begin() + n_prune, order.end(), less);
-      const int64_t np = std::min(n_prune, cols);
-      for (int64_t j = 0; j < np; ++j) k[order[j]] = 0;
-    }
+    for (int64_t r = 0; r < rows; ++r) topk_row(scores + r * cols, cols, n_prune, keep + r * cols, order);
   }
+}
+
+template <typename T>
+void topk_mask(const T* scores, int64_t rows, int64_t cols, int64_t n_prune, uint8_t* keep) {
+  if (cols < (int64_t{1} << 31)) return topk_mask_idx<int32_t>(scores, rows, cols, n_prune, keep);
+  topk_mask_idx<int64_t>(scores, rows, cols, n_prune, keep);
 }
 
 template void nm_mask<float>(const float*, int64_t, int64_t, int64_t, int64_t, uint8_t*);

@@ -179,7 +179,8 @@ def load_calibration(
             if tokenize is None:
                 raise CalibError(
                     f"{where}: a \"text\" line needs the model's tokenizer, but the model "
-                    "directory has none; give \"input_ids\" instead or add the tokenizer files"
+                    f"directory has none of {', '.join(TOKENIZER_FILES)}; give \"input_ids\" "
+                    "instead or add the tokenizer files"
                 )
             try:
                 ids = list(tokenize(obj["text"]))

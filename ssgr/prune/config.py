@@ -8,13 +8,18 @@ with the same defaults.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ssgr.options import option
 
-from .errors import PruneError
+from .errors import OutputError, PruneError, is_disk_full
 from .methods import METHODS
 from .pattern import Pattern, parse_pattern
 from .store import parse_bytes
@@ -74,7 +79,10 @@ def validate(cfg: PruneConfig) -> Pattern:
     """Check the options that need no file; returns the parsed sparsity pattern.
 
     Raises:
-        PruneError naming the flag and the accepted values.
+        PruneError naming the flag and the accepted values: --method, --sparsity, --sequential,
+        --propagate, --scope, --blocksize, --percdamp (0, 1], --checkpoint-every >= 0,
+        --max-sequences >= 1, an invalid ``re:`` pattern of --targets / --ignore, a --calib
+        that is a directory, an unparsable --max-activation-memory.
     """
     if cfg.method not in METHODS:
         raise PruneError(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
@@ -91,28 +99,81 @@ def validate(cfg: PruneConfig) -> Pattern:
     if cfg.blocksize <= 0 or (pattern.is_nm and cfg.blocksize % pattern.m):
         raise PruneError(f"--blocksize {cfg.blocksize} must be a positive multiple of M={pattern.m}"
                          if pattern.is_nm else f"--blocksize must be positive, got {cfg.blocksize}")
-    if not cfg.percdamp > 0:
-        raise PruneError(f"--percdamp must be > 0 (0.01 is usual), got {cfg.percdamp}")
+    if not 0 < cfg.percdamp <= 1:  # also refuses NaN
+        raise PruneError(f"--percdamp must be in (0, 1] (a fraction of mean(diag H); 0.01 is "
+                         f"usual), got {cfg.percdamp}")
     if cfg.checkpoint_every < 0:
-        raise PruneError("--checkpoint-every must be >= 0 (0: no activation checkpoints)")
-    parse_bytes(cfg.max_activation_memory)
+        raise PruneError(f"--checkpoint-every must be >= 0 (0: no activation checkpoints), got "
+                         f"{cfg.checkpoint_every}")
+    if cfg.max_sequences is not None and cfg.max_sequences < 1:
+        raise PruneError(f"--max-sequences must be >= 1, got {cfg.max_sequences}")
+    for flag, patterns in (("--targets", cfg.targets), ("--ignore", cfg.ignore)):
+        for p in patterns or []:
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as exc:
+                    raise PruneError(f"{flag} {p}: invalid regular expression ({exc})") from None
+    if cfg.calib and Path(cfg.calib).is_dir():
+        raise PruneError(f"--calib {cfg.calib} is a directory; pass the CALIB.jsonl file")
+    try:
+        parse_bytes(cfg.max_activation_memory)
+    except PruneError as exc:
+        raise PruneError(f"--max-activation-memory: {exc}") from None
     return pattern
+
+
+def check_out_writable(out: str | Path) -> None:
+    """Check before any work that ``--out`` can be created and written: a probe file is made
+    and removed in ``out`` (when it exists) or in its nearest existing parent.
+
+    Raises:
+        OutputError "cannot write OUT: read-only file system / permission denied / PATH is a
+        file (choose another --out)"; a ``--out`` that is itself a file is left to
+        :func:`ssgr.prune.state.prepare_out`.
+    """
+    out = Path(out)
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != out and not probe.is_dir():
+        raise OutputError(f"cannot write {out}: {probe} is a file, not a directory (choose "
+                          "another --out)")
+    if not probe.is_dir():
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ssgr_probe.", dir=probe)
+    except OSError as exc:
+        why = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}.get(exc.errno, exc.strerror or str(exc))
+        if is_disk_full(exc):
+            why = "the disk is full"
+        raise OutputError(f"cannot write {out}: {why} (choose another --out)") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def resolve_device(name: str | None) -> torch.device:
     """``--device``: None, "" or "auto" pick cuda when present, else cpu.
 
     Raises:
-        PruneError for an unavailable CUDA device or a device type other than cpu / cuda.
+        PruneError naming the choices (cpu, cuda, cuda:N) for another device type, and for an
+        unavailable CUDA device.
     """
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = "choose cpu, cuda or cuda:N"
     try:
         dev = torch.device(name)
-    except RuntimeError:
-        raise PruneError(f"--device must be cpu or cuda[:N], got {name!r}") from None
+    except (RuntimeError, ValueError, TypeError):
+        raise PruneError(f"--device {name}: not a device ssgr runs on; {choices}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise PruneError(f"--device {name}: not a device ssgr runs on; {choices}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PruneError(f"--device {name}: CUDA is not available here; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise PruneError(f"--device must be cpu or cuda[:N], got {name!r}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PruneError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s), numbered from 0")
     return dev

@@ -35,13 +35,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssgr.io import claim_files, output_lock, remove_owned
+from ssgr.models.checks import ModelDirError, check_model_dir
 
 from . import loader
 from .calib import MAX_TOKENS, CalibSequence, load_calibration, model_tokenizer
 from .capture import capture, slice_kwargs
-from .config import PruneConfig, resolve_device, validate
-from .errors import MissingFileError, PruneError
-from .layers import LayerPlan, find_decoder_layers, plan_layer, select_targets
+from .config import PruneConfig, check_out_writable, resolve_device, validate
+from .errors import (
+    MissingFileError,
+    ModelError,
+    PruneError,
+    disk_full_error,
+    is_disk_full,
+)
+from .layers import LayerPlan, find_decoder_layers, forward_error, plan_layer, select_targets
 from .orders import ORDERS, LayerContext, RunParts
 from .pattern import Pattern
 from .report import Timer, build_report, format_table
@@ -92,6 +99,10 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     src = loader.resolve_model_dir(cfg.model)
     if not Path(cfg.calib).is_file():
         raise MissingFileError(f"--calib {cfg.calib} does not exist")
+    try:  # config.json, the shard index and every shard header (cheap), before any work
+        check_model_dir(src, need_weights=True)
+    except ModelDirError as exc:
+        raise ModelError(str(exc)) from None
     fp = fingerprint(cfg, src, device)
     plan = prepare_out(cfg, src, fp)
     if plan.complete:
@@ -150,11 +161,29 @@ def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[Acti
 def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter) -> None:
     """Load, prune (in ``--sequential`` order), write and release layer ``li``; its outputs
     become slot ``in`` (the next layer's inputs)."""
-    cfg, timer, store = run.cfg, run.timer, run.store
+    timer, store = run.timer, run.store
     prefix = f"{s.layer_prefix}.{li}"
     layer = s.layers[li]
     with timer.stage("io"):
         loader.load_layer(layer, s.ckpt, prefix, run.device, s.dtype)
+    try:
+        _prune_in_order(run, s, li, layer, prefix)
+    except Exception as exc:
+        err = forward_error(exc, layer, li, prefix)
+        if err is None:
+            raise
+        raise err from exc
+    store.swap("in", "out")
+    store.clear("out")
+    with timer.stage("io"):
+        writer.write_layer(li, loader.layer_tensors(layer, prefix))
+    loader.release_layer(layer)
+
+
+def _prune_in_order(run: RunParts, s: _Setup, li: int, layer: nn.Module, prefix: str) -> None:
+    """Probe layer ``li``'s structure and prune it in the ``--sequential`` order (its outputs
+    go to slot ``out``)."""
+    cfg, store = run.cfg, run.store
     targets = s.targets[li]
     order = ORDERS[cfg.sequential]
     if not targets:
@@ -169,11 +198,6 @@ def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter)
                 f"structure: {plan.staged_error}; use --sequential layer"
             )
         order.prune_layer(LayerContext(run, li, layer, plan))
-    store.swap("in", "out")
-    store.clear("out")
-    with timer.stage("io"):
-        writer.write_layer(li, loader.layer_tensors(layer, prefix))
-    loader.release_layer(layer)
 
 
 def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> dict:
@@ -201,8 +225,16 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
     t_start = time.perf_counter()
     pattern = validate(cfg)
     device = resolve_device(cfg.device)
-    with output_lock(cfg.out, "--out"):
-        return _run(cfg, pattern, device, on_layer_done, t_start)
+    check_out_writable(cfg.out)
+    try:
+        with output_lock(cfg.out, "--out"):
+            return _run(cfg, pattern, device, on_layer_done, t_start)
+    except PruneError:
+        raise
+    except Exception as exc:  # a write outside the wrapped writers (ssgr.prune.errors.writing)
+        if is_disk_full(exc):
+            raise disk_full_error(getattr(exc, "filename", None) or cfg.out) from exc
+        raise
 
 
 def _owned_names(s: _Setup) -> list[str]:

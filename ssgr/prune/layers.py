@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import PruneError
+from .errors import LayerError, PruneError
 
 
 class _Stop(Exception):
@@ -229,3 +229,31 @@ def plan_layer(
             and out_of.get(last[0]) is layer_output(child_out[sub])
         )
     return plan
+
+
+def forward_error(exc: BaseException, layer: nn.Module, li: int, prefix: str) -> LayerError | None:
+    """The :class:`~ssgr.prune.errors.LayerError` for ``exc`` when it was raised inside a
+    module of decoder layer ``li`` (``prefix``, e.g. ``model.layers.3``), else None.
+
+    The module is the deepest one of the layer whose method is on ``exc``'s traceback (its
+    ``forward`` or a hook it ran), named in full (``model.layers.3.self_attn.q_proj``); the
+    caller raises the result ``from exc``. ssgr's own errors and the internal stop signal of
+    :func:`plan_layer` are never wrapped.
+    """
+    if isinstance(exc, (PruneError, _Stop)) or not isinstance(exc, Exception):
+        return None
+    names = {id(m): n for n, m in layer.named_modules()}
+    found: str | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if obj is not None and id(obj) in names:
+            found = names[id(obj)]
+        tb = tb.tb_next
+    if found is None:
+        return None
+    where = prefix + (f".{found}" if found else "")
+    return LayerError(
+        f"layer {li} ({prefix}): {type(exc).__name__} in the forward of module {where}: {exc}; "
+        "the checkpoint does not match this model family's code, or the transformers version "
+        "does not support it (run with -v for the traceback)")

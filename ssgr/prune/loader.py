@@ -23,7 +23,7 @@ from torch import nn
 
 from ssgr.io import write_json_atomic
 
-from .errors import MissingFileError, PruneError
+from .errors import MissingFileError, PruneError, writing
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +278,10 @@ def save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with writing(path):
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"format": "pt"})
+        os.replace(tmp, path)
 
 
 def layer_tensors(layer: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -325,16 +326,19 @@ class OutputWriter:
                     for s in sl.get_shape():
                         numel *= s
                     total += numel * _itemsize(sl.get_dtype())
-        write_json_atomic(self.out / INDEX,
-                          {"metadata": {"total_size": total}, "weight_map": weight_map})
+        with writing(self.out / INDEX):
+            write_json_atomic(self.out / INDEX,
+                              {"metadata": {"total_size": total}, "weight_map": weight_map})
         for name in copied_files(self.src):
-            shutil.copyfile(self.src / name, self.out / name)
+            with writing(self.out / name):
+                shutil.copyfile(self.src / name, self.out / name)
         cfg = json.loads((self.src / "config.json").read_text())
         name = str(self.dtype).removeprefix("torch.")
         for key in ("dtype", "torch_dtype"):
             if key in cfg:
                 cfg[key] = name
-        write_json_atomic(self.out / "config.json", cfg)
+        with writing(self.out / "config.json"):
+            write_json_atomic(self.out / "config.json", cfg)
 
 
 def _itemsize(dt: str) -> int:

@@ -31,7 +31,7 @@ import torch
 from ssgr.io import file_sha256, foreign_files, foreign_files_message, write_json_atomic
 
 from .config import NOT_NUMERIC, PruneConfig
-from .errors import PruneError
+from .errors import PruneError, writing
 from .report import ModuleRecord
 from .store import ActivationStore
 
@@ -231,14 +231,17 @@ class RunState:
 
     def save(self, ckpt_layer: int) -> None:
         """Write ``state.json``: the inputs of ``ckpt_layer`` are the saved ones."""
-        write_json_atomic(self.dir / "state.json", {
-            "fingerprint": self.fp, "ckpt_layer": ckpt_layer, "layers": self.layers,
-            "sequences": self.sequences,
-        }, default=str)
+        with writing(self.dir / "state.json"):
+            write_json_atomic(self.dir / "state.json", {
+                "fingerprint": self.fp, "ckpt_layer": ckpt_layer, "layers": self.layers,
+                "sequences": self.sequences,
+            }, default=str)
 
     def save_records(self, records: list[ModuleRecord]) -> None:
         """Write ``reports.json`` (the module records so far)."""
-        write_json_atomic(self.dir / "reports.json", [asdict(r) for r in records], default=str)
+        with writing(self.dir / "reports.json"):
+            write_json_atomic(self.dir / "reports.json", [asdict(r) for r in records],
+                              default=str)
 
     def load_records(self, before: int) -> list[ModuleRecord]:
         """The saved module records of layers ``< before``."""
@@ -276,7 +279,8 @@ class RunState:
         ``.ssgr_state.trash`` first (one atomic step), then deleted. A kill in between leaves a
         finished directory whose leftovers the next ``--resume`` removes
         (:func:`remove_leftovers`)."""
-        write_json_atomic(self.out / REPORT, report, default=str)
+        with writing(self.out / REPORT):
+            write_json_atomic(self.out / REPORT, report, default=str)
         trash = self.out / f"{STATE_DIR}.trash"
         shutil.rmtree(trash, ignore_errors=True)
         os.rename(self.dir, trash)

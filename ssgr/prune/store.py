@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PruneError
+from .errors import PruneError, writing
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ def save_raw(t: torch.Tensor, path: Path) -> None:
     """Write a tensor's bytes to ``path`` (through a temporary name, so a kill leaves no torn
     file under the final name)."""
     tmp = path.with_name(path.name + ".tmp")
-    t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tofile(tmp)
-    os.replace(tmp, path)
+    with writing(path):
+        t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tofile(tmp)
+        os.replace(tmp, path)
 
 
 def load_raw(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -168,7 +169,8 @@ class ActivationStore:
         for i in range(count):
             if self.kind == "disk":
                 shape, dtype = self._meta[slot][i]
-                shutil.copyfile(self._dirs[slot] / f"{i}.bin", tmp / f"{i}.bin")
+                with writing(tmp / f"{i}.bin"):
+                    shutil.copyfile(self._dirs[slot] / f"{i}.bin", tmp / f"{i}.bin")
             else:
                 t = self._mem[slot][i]
                 shape, dtype = tuple(t.shape), t.dtype

@@ -98,8 +98,10 @@ def test_cli_errors(tmp_path, llama_dir, calib_file):
     r = run_cli(["-v", llama_dir, "--calib", tmp_path / "nope.jsonl", "--out", tmp_path / "o",
                  "--device", "cpu"])
     assert r.returncode == 2 and "Traceback" in r.stderr and "MissingFileError" in r.stderr
-    # not an ssgr error (an unwritable output path): not swallowed, its traceback is shown
+    # issue #19 item 5: --out under a file is checked before any work, one ERROR line
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = run_cli([llama_dir, "--calib", calib_file, "--out", blocker / "sub", "--device", "cpu"])
-    assert r.returncode == 1 and "Traceback" in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert len(errors) == 1 and f"cannot write {blocker / 'sub'}: {blocker} is a file" in errors[0]
