@@ -25,6 +25,7 @@ import torch
 
 from ssgr.io import file_sha256 as io_file_sha256
 from ssgr.io import iter_jsonl
+from ssgr.models.checks import TOKENIZER_FILES
 
 from .errors import CalibError, MissingFileError, PruneError
 
@@ -98,7 +99,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 #: Files whose presence in a model directory means it has a tokenizer.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def model_tokenizer(folder: Path) -> Callable[[str], list[int]] | None:
