@@ -173,6 +173,10 @@ def perplexity(
 
     if corpus is None and traces is None:
         raise DataError("ppl needs --corpus NAME|FILE and/or --traces TRACES.jsonl")
+    if out is not None:
+        from ssgr.data.outputs import check_output
+
+        check_output(out)
     docs = load_corpus(corpus) if corpus is not None else None
     trs = filter_traces(read_traces(traces), traces_filter) if traces is not None else None
     m, tok = load_model(model, device, dtype)
