@@ -156,3 +156,21 @@ def test_openai_via_cli(server, tiny_model_dir, tmp_path):
     # requests run concurrently: lines are appended in completion order
     assert sorted(r["problem_id"] for r in rows) == ["arith-0-00000", "arith-0-00001"]
     assert all(r["prompt"].endswith("<think>\n") and r["num_tokens"] <= 6 for r in rows)
+
+
+@pytest.mark.parametrize("bad", ["text", "tokens-negative", "tokens-string"])
+def test_invalid_response_fields_are_retried_then_named(server, tiny_model_dir, tmp_path, bad):
+    """#19 item 9: `text` a number, `completion_tokens` -5 (the issue's) and "many" (sibling):
+    retried, then an error naming the server URL and the field; no line written."""
+    out = tmp_path / "t.jsonl"
+    field = "choices[0].text" if bad == "text" else "usage.completion_tokens"
+    import re
+
+    msg = f"server {server}/v1/completions returned an invalid {field}"
+    with pytest.raises(GenerationError, match=re.escape(msg)):
+        generate(
+            f"{tiny_model_dir}#bad={bad}", arith_problems(1, seed=0), out, generator="openai",
+            server=server, n=1, max_new_tokens=4, progress=False,
+            backend_kwargs={"tokenizer": str(tiny_model_dir), "max_retries": 1},
+        )
+    assert not out.exists() or out.read_text() == ""
