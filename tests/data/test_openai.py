@@ -174,3 +174,27 @@ def test_invalid_response_fields_are_retried_then_named(server, tiny_model_dir, 
             backend_kwargs={"tokenizer": str(tiny_model_dir), "max_retries": 1},
         )
     assert not out.exists() or out.read_text() == ""
+
+
+def test_server_that_never_answers_warns_then_fails(tmp_path, tiny_model_dir, caplog):
+    """#19 item 10: a server that accepts and never answers: periodic "still waiting for URL"
+    warnings, then a clear error after --request-timeout (the issue's: accept and stay silent;
+    sibling: the same with two concurrent requests)."""
+    from ssgr.data.backends.openai import OpenAIBackend
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)  # connections complete in the backlog; nothing ever answers
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        backend = OpenAIBackend(str(tiny_model_dir), server=url, tokenizer=str(tiny_model_dir),
+                                max_retries=0, request_timeout=1.5, wait_warning_s=0.5,
+                                concurrency=2)
+        with pytest.raises(GenerationError, match="could not get a response"):
+            generate(str(tiny_model_dir), arith_problems(1, seed=0), tmp_path / "t.jsonl",
+                     generator="openai", server=url, n=2, max_new_tokens=4, progress=False,
+                     backend_obj=backend)
+        backend.close()
+    finally:
+        sock.close()
+    assert f"still waiting for {url}/v1" in caplog.text

@@ -70,7 +70,8 @@ class OpenAIBackend:
         max_new_tokens: int = 32768,
         concurrency: int = 16,
         max_retries: int = 5,
-        request_timeout: float = 3600.0,
+        request_timeout: float = 600.0,
+        wait_warning_s: float = 60.0,
         api_key: str | None = None,
         served_model_name: str | None = None,
         **_: Any,
@@ -104,6 +105,10 @@ class OpenAIBackend:
         self.max_new_tokens = max_new_tokens
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
+        if not request_timeout > 0:
+            raise DataError(f"--request-timeout must be > 0 seconds, got {request_timeout}")
+        self.request_timeout = request_timeout
+        self.wait_warning_s = wait_warning_s
         try:
             import openai
         except ImportError:
@@ -216,21 +221,38 @@ class OpenAIBackend:
         return Completion(r, text, int(num), reason)
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
-        """Send the requests concurrently; yield completions as they arrive."""
+        """Send the requests concurrently; yield completions as they arrive. While none
+        arrives, a WARNING "still waiting for URL" is logged every ``wait_warning_s`` seconds;
+        each attempt times out after ``request_timeout`` seconds (then retried, then a
+        :class:`GenerationError`)."""
         if not requests:
             return
         error: BaseException | None = None
         with cf.ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             futures = [pool.submit(self._one, r) for r in requests]
-            for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                if exc is not None:
-                    if error is None:
-                        error = exc
-                        for f in futures:
-                            f.cancel()
+            waiting = set(futures)
+            while waiting:
+                done, waiting = cf.wait(
+                    waiting, timeout=self.wait_warning_s, return_when=cf.FIRST_COMPLETED
+                )
+                if not done:
+                    logger.warning(
+                        "still waiting for %s (%d request(s) outstanding, timeout %.0f s per "
+                        "attempt, --request-timeout)", self.base, len(waiting),
+                        self.request_timeout,
+                    )
                     continue
-                yield fut.result()
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    exc = fut.exception()
+                    if exc is not None:
+                        if error is None:
+                            error = exc
+                            for f in futures:
+                                f.cancel()
+                        continue
+                    yield fut.result()
         if error is not None:
             raise error
 
