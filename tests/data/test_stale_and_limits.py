@@ -175,3 +175,20 @@ def test_disk_full_message(tmp_path):
     short = OSError("32768 requested and 24576 written")  # sibling: a short write, no errno
     assert is_write_failure(short)
     assert not is_write_failure(FileNotFoundError(errno.ENOENT, "missing"))
+
+
+def test_disk_full_through_generate(tiny_model_dir):
+    """#19 item 6: a full disk while appending samples (simulated by writing TRACES to
+    /dev/full, which fails every write with ENOSPC) gives the one-line message, no traceback."""
+    import os
+
+    full = Path("/dev/full")
+    if not full.exists() or not os.access("/dev", os.W_OK):
+        pytest.skip("/dev/full is not available or /dev is not writable")
+    side = Path("/dev/full.meta.json")
+    try:
+        with pytest.raises(DataError, match="disk full while writing /dev/full; free space and "
+                                            "rerun the same command"):
+            _gen(tiny_model_dir, _probs(), full)
+    finally:
+        side.unlink(missing_ok=True)
