@@ -43,7 +43,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = from_args(RunConfig, args)
     results = run(cfg)
     sys.stdout.write(format_results(results) + "\n")
-    sys.stdout.write(f"results: {cfg.out}/results.json, {cfg.out}/results.png\n")
+    plot = f", {results['plot']}" if results.get("plot") else " (no plot: matplotlib missing)"
+    sys.stdout.write(f"results: {cfg.out}/results.json{plot}\n")
     return 0
 
 

@@ -53,6 +53,22 @@ def parse_sparsity(text: str) -> Any:
         raise InputError(str(e)) from None
 
 
+def _check_sizes(cfg: DemoConfig) -> None:
+    """Refuse sizes the demo model cannot have, naming the option (before any work)."""
+    from ssgr.errors import InputError
+
+    for name in ("layers", "hidden", "sequences", "seq_len"):
+        v = getattr(cfg, name)
+        if v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    heads = max(1, cfg.hidden // 32)
+    if cfg.hidden % heads or (cfg.hidden // heads) % 2:
+        raise InputError(
+            f"--hidden {cfg.hidden} does not split into {heads} attention head(s) of an even "
+            "size; use a multiple of 64 (or an even number below 64)"
+        )
+
+
 def tiny_llama(
     layers: int = 2, hidden: int = 128, vocab: int = 512, seed: int = 0
 ) -> torch.nn.Module:
@@ -78,8 +94,8 @@ def run_demo(cfg: DemoConfig | None = None, **options: Any) -> dict[str, Any]:
 
     ``options`` override fields of ``cfg`` (``run_demo(sparsity="0.5", layers=1)``). Prints the
     support matrix, the per-module report table and a summary line to stdout. Raises
-    :class:`~ssgr.errors.InputError` for a bad sparsity or method, and ``RuntimeError`` if a
-    pruned weight violates the N:M pattern (a bug, never expected).
+    :class:`~ssgr.errors.InputError` for a bad sparsity, method or size (naming the option),
+    and ``RuntimeError`` if a pruned weight violates the N:M pattern (a bug, never expected).
     """
     import torch
 
@@ -90,6 +106,7 @@ def run_demo(cfg: DemoConfig | None = None, **options: Any) -> dict[str, Any]:
     sparsity, method, layers, hidden = cfg.sparsity, cfg.method, cfg.layers, cfg.hidden
     sequences, seq_len, seed, backend = cfg.sequences, cfg.seq_len, cfg.seed, cfg.backend
     pattern = parse_sparsity(sparsity)
+    _check_sizes(cfg)
     sys.stdout.write(info_text() + "\n\n")
     model = tiny_llama(layers, hidden, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -16,7 +16,15 @@ interrupted run finished):
    truncation rate (:func:`ssgr.eval.accuracy.evaluate`, resumes through its traces), and
    ``ppl/<name>.json``: perplexity on the dense model's held-out traces (and on a text corpus
    for models with a general vocabulary).
-5. ``results.json``, ``results.png`` and the printed table.
+5. ``results.json``, ``results.png`` (skipped with a WARNING naming the extra when matplotlib
+   is missing) and the printed table.
+
+Every artifact depends on the settings, the model and the problems, so ``OUT/run_key.json``
+holds the settings with the content hashes of the model (:func:`ssgr.models.model_fingerprint`)
+and of the problems; a re-run into the same ``--out`` with anything different is refused, naming
+what differs (choose another ``--out``, or ``--overwrite`` to discard the old run: it removes only
+files ``ssgr run`` wrote, listed in ``OUT/.ssgr-owned.json``). One run at a time per ``--out``
+(:func:`ssgr.io.output_lock`); results and progress files are written temp-then-rename.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 from ssgr.data.backends.base import GENERATORS
 from ssgr.demo import METHODS, parse_sparsity
 from ssgr.errors import InputError
-from ssgr.io import write_json_atomic
+from ssgr.io import claim_files, output_lock, remove_owned, write_json_atomic
 from ssgr.options import option
 
 log = logging.getLogger(__name__)
@@ -78,8 +86,19 @@ class RunConfig:
         "hf", choices=GENERATORS, deprecated=["--backend"],
         help="generation backend for the calibration traces",
     )
+    server: str | None = option(
+        None, help="OpenAI-compatible server URL (--generator openai; MODEL is the served name)"
+    )
+    tokenizer: str | None = option(
+        None, help="--generator openai: local tokenizer path to format prompts (default: the "
+        "model directory)",
+    )
     device: str | None = option(None, help="torch device (default cuda if present)")
     seed: int = option(0, help="seed of sampling, selection and the problem split")
+    overwrite: bool = option(
+        False, help="discard an earlier run in --out made with other settings (only files ssgr "
+        "run wrote are removed)",
+    )
 
     def resolved(self) -> RunConfig:
         """A copy with the preset filled in and the source list validated."""
@@ -101,12 +120,76 @@ class RunConfig:
             )
         if not sources:
             raise InputError("--sources is empty; name at least one calibration source")
+        if self.generator == "openai" and not self.server:
+            raise InputError("--generator openai needs --server URL (e.g. http://127.0.0.1:8000)")
         vals["sources"] = sources
         parse_sparsity(self.sparsity)
         for key in ("n", "calib_problems", "eval_problems", "k", "max_new_tokens", "num_sequences"):
             if vals[key] < 1:
                 raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {vals[key]}")
         return RunConfig(**vals)
+
+
+#: What ``ssgr run`` writes in ``--out`` (its manifest for ``--overwrite``).
+_OWNED = ("run_config.json", "run_key.json", "problems.jsonl", "traces.jsonl",
+          "traces.jsonl.meta.json", "calib", "pruned", "eval", "ppl", "results.json",
+          "results.png")
+#: Settings that do not change any artifact.
+_UNKEYED = ("out", "quick", "overwrite", "ablations")
+
+
+def run_key(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
+    """What every artifact of a run depends on: the resolved settings (all but ``out``,
+    ``quick``, ``overwrite`` and ``ablations``, which are folded into the sizes and sources),
+    the model's content hash and the problems' (sha256 over ids, questions and answers)."""
+    import hashlib
+
+    from ssgr.data.problems import load_problems, problem_hash
+    from ssgr.models import model_fingerprint
+
+    h = hashlib.sha256()
+    for p in load_problems(cfg.problems):
+        h.update(f"{p.id}\0{problem_hash(p)}\n".encode())
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _UNKEYED}
+    return {"settings": settings, "model_sha256": model_fingerprint(model_dir),
+            "problems_sha256": h.hexdigest()}
+
+
+def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diff = []
+    olds, news = old.get("settings", {}), new["settings"]
+    for k, v in news.items():
+        if k in olds and olds[k] != v:
+            diff.append(f"{k} {olds[k]!r} -> {v!r}")
+    for k, what in (("model_sha256", "model weights/config/tokenizer (content hash)"),
+                    ("problems_sha256", "problems (content hash)")):
+        if k in old and old[k] != new[k]:
+            diff.append(f"{what} differ")
+    return diff
+
+
+def _check_key(out: Path, key: dict[str, Any], overwrite: bool) -> None:
+    """Refuse (or with ``overwrite`` empty) an ``out`` holding a run with another key."""
+    kpath, cpath = out / "run_key.json", out / "run_config.json"
+    old: dict[str, Any] | None = None
+    if kpath.is_file():
+        old = _read_json(kpath)
+    elif cpath.is_file():  # a run of an older ssgr: settings only
+        old = {"settings": _read_json(cpath)}
+    if not old:
+        return
+    diff = _key_diff(old, key)
+    if not diff:
+        return
+    if overwrite:
+        log.warning("--overwrite: discarding the earlier run in %s (%s)", out, "; ".join(diff))
+        remove_owned(out, "--overwrite")
+        return
+    raise InputError(
+        f"--out {out} holds a run made with other settings ({'; '.join(diff)}); its traces, "
+        "calibration sets, pruned models and results do not fit this run: choose another --out, "
+        "or add --overwrite to discard the old run"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -234,15 +317,30 @@ def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
     :class:`~ssgr.errors.InputError` for bad options and the stages' own
     :class:`~ssgr.errors.SSGRError` subclasses for bad input.
     """
-    from ssgr.data.generate import generate
-    from ssgr.eval.accuracy import default_traces_path
+    from ssgr.data.outputs import check_output, is_write_failure, write_failure
     from ssgr.models import resolve_model
 
     cfg = dataclasses.replace(cfg or RunConfig(), **options).resolved()
     model_dir = resolve_model(cfg.model)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "run_config.json", asdict(cfg))
+    out = check_output(cfg.out, "--out", kind="dir")
+    key = run_key(cfg, model_dir)
+    with output_lock(out, "--out"):
+        try:
+            _check_key(out, key, cfg.overwrite)
+            claim_files(out, _OWNED)
+            write_json_atomic(out / "run_config.json", asdict(cfg))
+            write_json_atomic(out / "run_key.json", key)
+            return _run_locked(cfg, model_dir, out)
+        except OSError as e:
+            if not is_write_failure(e):
+                raise
+            raise write_failure(e) from None
+
+
+def _run_locked(cfg: RunConfig, model_dir: Path, out: Path) -> dict[str, Any]:
+    from ssgr.data.generate import generate
+    from ssgr.eval.accuracy import default_traces_path
+
     t0 = time.perf_counter()
     problems = _freeze_problems(cfg.problems, out / "problems.jsonl")
 
@@ -250,10 +348,12 @@ def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
     log.info(
         "stage 1/5: generating %d samples x %d calibration problems", cfg.n, cfg.calib_problems
     )
+    openai = cfg.generator == "openai"
     generate(
-        str(model_dir), problems, traces, generator=cfg.generator, n=cfg.n,
-        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, limit=cfg.calib_problems,
-        device=cfg.device, split="calib",
+        cfg.model if openai else str(model_dir), problems, traces, generator=cfg.generator,
+        server=cfg.server, n=cfg.n, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+        limit=cfg.calib_problems, device=cfg.device, split="calib",
+        backend_kwargs={"tokenizer": cfg.tokenizer or str(model_dir)} if openai else None,
     )
     log.info("stage 2/5: selecting calibration sets: %s", ", ".join(cfg.sources))
     calibs = _select_all(cfg, model_dir, traces, problems, out)
@@ -300,7 +400,8 @@ def run(cfg: RunConfig | None = None, **options: Any) -> dict[str, Any]:
     results = {"config": asdict(cfg), "model_dir": str(model_dir), "rows": rows,
                "wall_s": time.perf_counter() - t0}
     write_json_atomic(out / "results.json", results)
-    plot_results(results, out / "results.png")
+    results["plot"] = str(out / "results.png") if plot_results(results, out / "results.png") \
+        else None
     return results
 
 
@@ -335,10 +436,17 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_results(results: dict[str, Any], png: Path) -> None:
-    """Bar chart of pass@1 per model (dense and each calibration source)."""
-    import matplotlib
+def plot_results(results: dict[str, Any], png: Path) -> bool:
+    """Bar chart of pass@1 per model (dense and each calibration source), written atomically
+    to ``png``. Returns False (with a WARNING naming the extra to install) when matplotlib is
+    not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        from ssgr.errors import missing_extra
 
+        log.warning("%s; results.png not written", missing_extra("matplotlib", "the results plot"))
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -357,5 +465,11 @@ def plot_results(results: dict[str, Any], png: Path) -> None:
     )
     ax.set_ylim(0, max(1.0, max(acc) * 1.15))
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    tmp = png.with_name(f".{png.name}.tmp")
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, png)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return True

@@ -220,3 +220,20 @@ def test_setup_names_gcc_when_the_compiler_is_not_gcc(monkeypatch, tmp_path):
     assert "is GCC 8; GCC >= 9 is required" in mod.check_compiler()
     fake.write_text("#!/bin/sh\necho '#define __GNUC__ 12'\n")
     assert mod.check_compiler() is None
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("layers", 0, "--layers must be >= 1, got 0"),  # the sizes of 0
+     ("hidden", 0, "--hidden must be >= 1, got 0"),
+     ("sequences", 0, "--sequences must be >= 1, got 0"),
+     ("seq_len", -3, "--seq-len must be >= 1, got -3"),  # sibling: negative
+     ("hidden", 33, "--hidden 33 does not split")],  # sibling: odd head size
+)
+def test_demo_refuses_impossible_sizes(option, value, message, capsys):
+    from ssgr.demo import run_demo
+    from ssgr.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        run_demo(**{option: value})
+    assert capsys.readouterr().out == ""  # refused before any output or work

@@ -64,6 +64,10 @@ class GenerateConfig:
     heldout_fraction: float = option(0.2, help="held-out share of the problem split")
     split_seed: int = option(0, help="seed of the problem split")
     max_retries: int = option(5, help="openai generator: retries per request")
+    request_timeout: float = option(
+        600.0, help="openai generator: seconds per attempt before it is retried (a WARNING "
+        "'still waiting for URL' comes every minute meanwhile)",
+    )
     api: str | None = option(
         None, choices=("completions", "chat"),
         help="openai generator: endpoint (default completions when the tokenizer is local)",
@@ -83,7 +87,7 @@ def generate_command(cfg: GenerateConfig) -> GenerateStats:
     from ssgr.data.generate import generate
 
     kw = dataclasses.asdict(cfg)
-    extra = {k: kw.pop(k) for k in ("max_retries", "api", "tokenizer")}
+    extra = {k: kw.pop(k) for k in ("max_retries", "api", "tokenizer", "request_timeout")}
     st = generate(
         kw.pop("model"), kw.pop("problems"), kw.pop("out"), **kw,
         backend_kwargs=extra if cfg.generator == "openai" else None,

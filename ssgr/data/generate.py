@@ -6,8 +6,13 @@ template (so reasoning models open their ``<think>`` block). Each sample ``s`` o
 drawn with its own seed :func:`sample_seed` ``(seed, p, s)``, whatever the batch it lands in.
 Lines are appended as samples finish; re-running the same command skips every (problem, sample)
 already in the file.
-The run settings are stored in ``OUT.meta.json`` and a restart with different sampling settings
-is refused (write to a new file instead).
+The run settings are stored in ``OUT.meta.json`` (written with the first sample; the side file
+of an empty OUT is ignored) and a restart with different sampling settings, another model (by
+content hash of its weights, config and tokenizer files, :func:`ssgr.models.model_fingerprint`)
+or a problems file whose ids collide with different questions or answers (by
+:func:`ssgr.data.problems.problem_hash`) is refused (write to a new file instead). One run at a
+time per OUT (:func:`ssgr.io.output_lock`). A prompt that leaves no room to generate (prompt
+tokens >= the model's context - 1) is refused before generation, naming the problem.
 """
 
 from __future__ import annotations
@@ -18,20 +23,27 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ssgr.data.backends.base import GENERATORS, Backend, Request, make_backend
 from ssgr.data.errors import DataError
-from ssgr.data.problems import Problem, select_problems
+from ssgr.data.outputs import check_output, is_write_failure, write_failure
+from ssgr.data.problems import Problem, problem_hash, select_problems
 from ssgr.data.traces import Trace, TraceWriter
 from ssgr.data.verify import check_response
-from ssgr.io import write_json_atomic
+from ssgr.io import output_lock, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-_META_KEYS = ("model", "seed", "temperature", "top_p", "max_new_tokens", "instruction")
+_META_KEYS = (
+    "model", "model_sha256", "seed", "temperature", "top_p", "max_new_tokens", "instruction",
+)
+#: Characters of a prompt tokenized to test it against the context (per context position); a
+#: longer prompt is refused from this prefix alone when the prefix already fills the context.
+_CHARS_PER_POSITION = 64
 
 
 def sample_seed(seed: int, problem_id: str, sample: int) -> int:
@@ -71,24 +83,53 @@ class GenerateStats:
     seconds: float
 
 
-def _check_meta(out: Path, meta: dict[str, Any]) -> None:
-    mpath = Path(str(out) + ".meta.json")
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except json.JSONDecodeError:
-            raise DataError(
-                f"{mpath}: unreadable run settings; delete it to resume anyway"
-            ) from None
-        for k in _META_KEYS:
-            if k in old and old[k] != meta[k]:
-                raise DataError(
-                    f"{out} was generated with {k}={old[k]!r} but this run has {k}={meta[k]!r}; "
-                    "use a new --out file (or the same settings to resume)"
-                )
-    elif out.exists() and out.stat().st_size > 0:
+def meta_path(out: str | os.PathLike[str]) -> Path:
+    """The run-settings side file of a traces file: ``OUT.meta.json``."""
+    return Path(str(out) + ".meta.json")
+
+
+def _check_meta(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Compare this run's settings with those stored beside a non-empty ``out``; return the
+    settings to store (problem hashes merged). The side file of an empty ``out`` (a failed
+    start) is ignored."""
+    mpath = meta_path(out)
+    if not (out.exists() and out.stat().st_size > 0):
+        return meta
+    if not mpath.exists():
         logger.warning("%s exists without %s; resuming without checking settings", out, mpath.name)
-    write_json_atomic(mpath, meta)
+        return meta
+    try:
+        old = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{mpath}: unreadable run settings; delete it to resume anyway") from None
+    if not isinstance(old, dict):
+        raise DataError(f"{mpath}: unreadable run settings; delete it to resume anyway")
+    for k in _META_KEYS:
+        if k in old and k in meta and old[k] != meta[k]:
+            what = " (content hash of the model's weights, config and tokenizer files)" \
+                if k == "model_sha256" else ""
+            raise DataError(
+                f"{out} was generated with {k}={old[k]!r} but this run has {k}={meta[k]!r}{what}; "
+                "use a new --out file (or the same settings to resume)"
+            )
+    old_hashes = old.get("problem_hashes")
+    new_hashes: dict[str, str] = meta["problem_hashes"]
+    if not isinstance(old_hashes, dict):
+        logger.warning(
+            "%s has no problem hashes (written by an older ssgr); cannot check that its samples "
+            "belong to these problems", mpath,
+        )
+        return meta
+    changed = [pid for pid, h in new_hashes.items() if pid in old_hashes and old_hashes[pid] != h]
+    if changed:
+        shown = ", ".join(repr(c) for c in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise DataError(
+            f"{out} holds samples of problem id(s) {shown}{more} whose question or answer differ "
+            f"in {meta['problems']}; its samples would be checked against the wrong problems: "
+            "use a new --out file"
+        )
+    return {**meta, "problem_hashes": {**old_hashes, **new_hashes}}
 
 
 def generate(
@@ -144,6 +185,12 @@ def generate(
         raise DataError(f"unknown generator {generator!r}; choose one of {', '.join(GENERATORS)}")
     if generator == "openai" and not server and not backend_obj:
         raise DataError("--generator openai needs --server URL (e.g. http://127.0.0.1:8000)")
+    out = check_output(out)
+    if generator != "openai" and backend_obj is None:
+        from ssgr.models import MODEL_NAMES, resolve_model
+
+        if str(model) in MODEL_NAMES:
+            model = str(resolve_model(model))
     source = "<list>" if isinstance(problems, list) else str(problems)
     probs = select_problems(problems, split, heldout_fraction, split_seed, limit)
     if batch_size is None:
@@ -151,14 +198,46 @@ def generate(
     if batch_size < 1:
         raise DataError(f"--batch-size must be >= 1, got {batch_size}")
 
-    out = Path(out)
-    meta = {
+    meta: dict[str, Any] = {
         "model": str(model), "seed": seed, "temperature": temperature, "top_p": top_p,
         "max_new_tokens": max_new_tokens, "instruction": instruction, "backend": generator,
         "n": n, "problems": source, "split": split,
     }
+    if generator != "openai" and Path(model).is_dir():
+        from ssgr.models import model_fingerprint
+
+        meta["model_sha256"] = model_fingerprint(model)
+    meta["problem_hashes"] = {p.id: problem_hash(p) for p in probs}
     out.parent.mkdir(parents=True, exist_ok=True)
-    _check_meta(out, meta)
+    with output_lock(out, "--out"):
+        try:
+            return _generate_locked(
+                out, meta, probs, n, batch_size, generator, model, backend_obj, backend_kwargs,
+                dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                     seed=seed, device=device, dtype=dtype, server=server),
+                seed, instruction, progress,
+            )
+        except OSError as e:
+            if not is_write_failure(e):
+                raise
+            raise write_failure(e, out) from None
+
+
+def _generate_locked(
+    out: Path, meta: dict[str, Any], probs: list[Problem], n: int, batch_size: int,
+    generator: str, model: str, backend_obj: Backend | None,
+    backend_kwargs: dict[str, Any] | None, kwargs: dict[str, Any], seed: int, instruction: str,
+    progress: bool,
+) -> GenerateStats:
+    meta = _check_meta(out, meta)
+    mpath = meta_path(out)
+    write_meta: Callable[[], None] | None = None
+    if out.exists() and out.stat().st_size > 0:
+        write_json_atomic(mpath, meta)
+    else:
+
+        def write_meta() -> None:
+            write_json_atomic(mpath, meta)
 
     t0 = time.perf_counter()
     with TraceWriter(out) as writer:
@@ -171,16 +250,15 @@ def generate(
             return stats
         own = backend_obj is None
         if backend_obj is None:
-            kwargs: dict[str, Any] = dict(
-                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                device=device, dtype=dtype, server=server,
-            )
             if generator == "openai":
                 kwargs["concurrency"] = batch_size
             kwargs.update(backend_kwargs or {})
             backend_obj = make_backend(generator, str(model), **kwargs)
         try:
-            _run(backend_obj, pending, writer, stats, batch_size, seed, instruction, progress, t0)
+            prompts = _prompts(backend_obj, pending, instruction)
+            if write_meta is not None:
+                writer.before_first_write = write_meta
+            _run(backend_obj, pending, prompts, writer, stats, batch_size, seed, progress, t0)
         finally:
             if own:
                 backend_obj.close()
@@ -192,29 +270,69 @@ def generate(
     return stats
 
 
+def prompt_room(tokenizer: Any, prompt: str, context: int) -> int | None:
+    """The number of prompt tokens when ``prompt`` fills ``context - 1`` positions or more (no
+    room to generate), else None.
+
+    A prompt longer than ``64 x context`` characters is judged by the tokens of that prefix
+    first, so a huge prompt is refused without tokenizing all of it.
+    """
+    limit = _CHARS_PER_POSITION * context
+    if len(prompt) > limit:
+        head = len(tokenizer(prompt[:limit], add_special_tokens=False)["input_ids"])
+        if head >= context - 1:
+            return head
+    count = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return count if count >= context - 1 else None
+
+
+def _prompts(
+    backend: Backend, pending: list[tuple[Problem, int]], instruction: str
+) -> dict[str, tuple[str, list[dict[str, str]]]]:
+    """The formatted prompt of every pending problem; refuses (before any generation) the
+    problems whose prompt leaves no room to generate in the model's context."""
+    prompts: dict[str, tuple[str, list[dict[str, str]]]] = {}
+    tokenizer = getattr(backend, "tokenizer", None)
+    context = getattr(backend, "max_positions", None)
+    too_long: list[str] = []
+    for p, _ in pending:
+        if p.id in prompts:
+            continue
+        msgs = build_messages(p, instruction)
+        prompts[p.id] = (backend.format_prompt(msgs), msgs)
+        if tokenizer is not None and isinstance(context, int) and context > 0:
+            count = prompt_room(tokenizer, prompts[p.id][0], context)
+            if count is not None:
+                too_long.append(f"{p.id!r} ({count} tokens)")
+    if too_long:
+        shown = ", ".join(too_long[:5]) + (f" and {len(too_long) - 5} more"
+                                            if len(too_long) > 5 else "")
+        raise DataError(
+            f"prompt of problem {shown} leaves no room to generate in the model's {context}-token "
+            "context (a prompt may use at most context - 2 tokens); shorten or drop those problems"
+        )
+    return prompts
+
+
 def _run(
     backend: Backend,
     pending: list[tuple[Problem, int]],
+    prompts: dict[str, tuple[str, list[dict[str, str]]]],
     writer: TraceWriter,
     stats: GenerateStats,
     batch_size: int,
     seed: int,
-    instruction: str,
     progress: bool,
     t0: float,
 ) -> None:
     from tqdm.auto import tqdm
 
-    prompts: dict[str, tuple[str, list[dict[str, str]]]] = {}
     by_id = {p.id: p for p, _ in pending}
     bar = tqdm(total=len(pending), unit="sample", desc="generate", disable=not progress)
     try:
         for b in range(0, len(pending), batch_size):
             reqs = []
             for p, s in pending[b : b + batch_size]:
-                if p.id not in prompts:
-                    msgs = build_messages(p, instruction)
-                    prompts[p.id] = (backend.format_prompt(msgs), msgs)
                 prompt, msgs = prompts[p.id]
                 reqs.append(Request(p.id, s, prompt, msgs, sample_seed(seed, p.id, s)))
             for c in backend.generate(reqs):

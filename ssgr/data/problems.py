@@ -70,6 +70,17 @@ class Problem:
         return d
 
 
+def problem_hash(problem: Problem) -> str:
+    """The first 16 hex digits of sha256 over the problem's question and gold answer: what a
+    sample of it depends on (a traces file keys its samples on it, see
+    :func:`ssgr.data.generate.generate`)."""
+    import hashlib
+    import json
+
+    blob = json.dumps([problem.question, problem.answer], ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
 def problem_from_dict(obj: dict[str, Any], where: str) -> Problem:
     """Validate one problem object; ``where`` (e.g. ``"file.jsonl:3"``) prefixes errors."""
     missing = [k for k in ("id", "question", "answer") if k not in obj]

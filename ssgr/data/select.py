@@ -206,7 +206,9 @@ def _plot(path: Path, summary: dict[str, Any], cs: Sequence[float], sel_len: Seq
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError:
-        logger.warning("matplotlib not installed (pip install matplotlib); no plot written")
+        from ssgr.errors import missing_extra
+
+        logger.warning("%s; no plot written", missing_extra("matplotlib", "the selection plot"))
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
@@ -319,7 +321,9 @@ def select(
         )
     if strategy == "text" and corpus is None:
         raise DataError("--strategy text needs --corpus wikitext|news|FILE")
-    out = Path(out)
+    from ssgr.data.outputs import check_output
+
+    out = check_output(out)
     summary_path, plot_path = _out_paths(out)
     tok = _load_tokenizer(tokenizer)
     summary: dict[str, Any] = {

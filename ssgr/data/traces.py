@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +175,18 @@ class TraceWriter:
                     )
                 self.done.add(key)
         self._f = self.path.open("a", encoding="utf-8")
+        #: Called once just before the first line this writer appends (e.g. to write the run
+        #: settings only once a sample exists); None for nothing.
+        self.before_first_write: Callable[[], None] | None = None
 
     def write(self, trace: Trace) -> None:
         """Append one complete line and flush it to the OS (fsync'd in :meth:`sync`)."""
         key = (trace.problem_id, trace.sample)
         if key in self.done:
             raise DataError(f"{self.path}: sample {key} already written")
+        if self.before_first_write is not None:
+            hook, self.before_first_write = self.before_first_write, None
+            hook()
         self._f.write(json.dumps(trace.to_dict(), ensure_ascii=False) + "\n")
         self._f.flush()
         self.done.add(key)

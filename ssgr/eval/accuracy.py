@@ -19,6 +19,7 @@ split :func:`ssgr.data.problems.split_problems` defines), so calibration problem
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -120,9 +121,6 @@ def evaluate(
     appended to ``traces`` (default: beside ``out``, see :func:`default_traces_path`, or a
     temporary file when neither is given), so re-running resumes. ``out`` receives the result JSON.
     """
-    from ssgr.data.generate import generate
-    from ssgr.data.traces import read_traces
-    from ssgr.io import write_json_atomic
     from ssgr.models import resolve_model
 
     if k < 1:
@@ -133,6 +131,13 @@ def evaluate(
         if k != 1:
             logger.info("--greedy: one greedy sample per problem (k=1 instead of %d)", k)
         k, temperature = 1, 0.0
+    from ssgr.data.outputs import check_output
+    from ssgr.io import output_lock
+
+    if out is not None:
+        check_output(out)
+    if traces is not None:
+        check_output(traces, "--traces")
     model_dir = resolve_model(model)
     probs = select_problems(problems, split, heldout_fraction, split_seed, limit)
     source = "<list>" if isinstance(problems, (list, tuple)) else str(problems)
@@ -144,6 +149,27 @@ def evaluate(
     if traces is None:
         tmp = tempfile.TemporaryDirectory(prefix="ssgr-eval-")
         traces = Path(tmp.name) / "EVAL.traces.jsonl"
+    lock = output_lock(out, "--out") if out is not None else contextlib.nullcontext()
+    with lock:
+        return _evaluate_locked(
+            model, model_dir, probs, source, split, k, greedy, temperature, top_p,
+            max_new_tokens, seed, heldout_fraction, split_seed, limit, batch_size, device, dtype,
+            out, traces, tmp, progress,
+        )
+
+
+def _evaluate_locked(
+    model: str | os.PathLike[str], model_dir: Path, probs: list[Problem], source: str,
+    split: str, k: int, greedy: bool, temperature: float, top_p: float, max_new_tokens: int,
+    seed: int, heldout_fraction: float, split_seed: int, limit: int | None, batch_size: int,
+    device: str | None, dtype: str | None, out: str | os.PathLike[str] | None,
+    traces: str | os.PathLike[str], tmp: tempfile.TemporaryDirectory[str] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    from ssgr.data.generate import generate
+    from ssgr.data.traces import read_traces
+    from ssgr.io import write_json_atomic
+
     try:
         generate(
             str(model_dir), probs, traces, n=k, temperature=temperature, top_p=top_p,

@@ -50,19 +50,57 @@ def context_length(model: Any, window: int | None = None) -> int:
     return int(ctx)
 
 
-def _nll_sum(model: Any, ids: Sequence[int], start: int) -> tuple[float, int]:
+#: Positions whose logits are held at once by :func:`_nll_sum` (memory: CHUNK x vocab float64).
+NLL_CHUNK = 1024
+
+
+def _split_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, output head) of a causal LM whose logits are exactly ``head(last hidden
+    state)``, else None (models that scale or soft-cap their logits are scored whole)."""
+    cfg = model.config
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0)
+           for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = model.get_output_embeddings()
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def _nll_sum(model: Any, ids: Sequence[int], start: int,
+             chunk: int = NLL_CHUNK) -> tuple[float, int]:
     """Summed NLL (float64) of tokens ``ids[start:]`` given their prefix; ids: one unpadded
-    sequence."""
+    sequence.
+
+    The decoder runs once; the output head, the float64 log-softmax and the NLL are computed
+    over ``chunk`` positions at a time, so memory is one ``[chunk, vocab]`` block, not the
+    whole ``[T, vocab]`` logits (a 32k-token trace with a 152k vocabulary would need ~40 GB).
+    """
     import torch
 
     dev = next(model.parameters()).device
     x = torch.tensor([list(ids)], dtype=torch.long, device=dev)  # [1, T]
-    with torch.inference_mode():
-        logits = model(input_ids=x).logits[0, :-1].double()  # [T-1, V]
     targets = x[0, 1:]
     first = max(start, 1) - 1
-    nll = torch.nn.functional.cross_entropy(logits[first:], targets[first:], reduction="sum")
-    return float(nll), int(targets.numel() - first)
+    parts = _split_head(model)
+    with torch.inference_mode():
+        if parts is None:
+            logits = model(input_ids=x).logits[0, :-1].double()  # [T-1, V]
+            nll = torch.nn.functional.cross_entropy(
+                logits[first:], targets[first:], reduction="sum"
+            )
+            return float(nll), int(targets.numel() - first)
+        decoder, head = parts
+        hidden = decoder(input_ids=x).last_hidden_state[0, :-1]  # [T-1, H]
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        for a in range(first, targets.numel(), chunk):
+            logits = head(hidden[a : a + chunk]).double()  # [<=chunk, V]
+            total += torch.nn.functional.cross_entropy(
+                logits, targets[a : a + chunk], reduction="sum"
+            )
+    return float(total), int(targets.numel() - first)
 
 
 def _result(nll: float, tokens: int, **extra: Any) -> dict[str, Any]:
@@ -173,6 +211,10 @@ def perplexity(
 
     if corpus is None and traces is None:
         raise DataError("ppl needs --corpus NAME|FILE and/or --traces TRACES.jsonl")
+    if out is not None:
+        from ssgr.data.outputs import check_output
+
+        check_output(out)
     docs = load_corpus(corpus) if corpus is not None else None
     trs = filter_traces(read_traces(traces), traces_filter) if traces is not None else None
     m, tok = load_model(model, device, dtype)

@@ -61,6 +61,37 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
     return p
 
 
+#: Files of a model directory whose bytes affect what the model computes or how text is tokenized
+#: (hashed by :func:`model_fingerprint`).
+_FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".tiktoken", ".jinja")
+_FINGERPRINT_SKIP = ("prune_report.json",)
+
+
+def model_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 over the content hashes of a model directory's weights, config and tokenizer
+    files (top-level ``*.safetensors``, ``*.bin``, ``*.json``, ``*.model``, ``*.txt``,
+    ``*.tiktoken``, ``*.jinja``; hidden files and ``prune_report.json`` are left out).
+
+    File hashes come from :func:`ssgr.io.file_sha256` with its cache (keyed on path, inode,
+    size and mtime), so an unchanged checkpoint is read once. Two directories with the same
+    files byte for byte have the same fingerprint, whatever their paths. Raises
+    :class:`ModelNotFoundError` when ``path`` is not a directory.
+    """
+    import hashlib
+
+    from ssgr.io import file_sha256
+
+    p = Path(path)
+    if not p.is_dir():
+        raise ModelNotFoundError(f"model {str(p)!r} is not a directory")
+    h = hashlib.sha256()
+    for f in sorted(p.iterdir()):
+        if (f.is_file() and not f.name.startswith(".") and f.name not in _FINGERPRINT_SKIP
+                and f.name.endswith(_FINGERPRINT_SUFFIXES)):
+            h.update(f"{f.name}\0{file_sha256(f, cache=True)}\n".encode())
+    return h.hexdigest()
+
+
 def default_device() -> str:
     """``cuda`` when available, else ``cpu``."""
     import torch
@@ -101,6 +132,7 @@ __all__ = [
     "ModelNotFoundError",
     "default_device",
     "load_model",
+    "model_fingerprint",
     "resolve_model",
     "tiny_dir",
 ]

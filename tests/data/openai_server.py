@@ -77,6 +77,11 @@ def main() -> None:
         def do_POST(self) -> None:
             last[0] = time.monotonic()
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            # fault injection: served name MODEL#bad=FIELD answers with a bad FIELD
+            bad = ""
+            if str(body.get("model", "")).startswith(args.model + "#bad="):
+                bad = body["model"].split("#bad=", 1)[1]
+                body["model"] = args.model
             if body.get("model") != args.model:
                 self._send(404, {"error": f"model {body.get('model')!r} not served"})
                 return
@@ -96,7 +101,14 @@ def main() -> None:
             else:
                 self._send(404, {"error": "not found"})
                 return
-            self._send(200, {"choices": [choice], "usage": {"completion_tokens": n}})
+            usage: dict = {"completion_tokens": n}
+            if bad == "text":
+                choice["text"] = 5
+            elif bad == "tokens-negative":
+                usage["completion_tokens"] = -5
+            elif bad == "tokens-string":
+                usage["completion_tokens"] = "many"
+            self._send(200, {"choices": [choice], "usage": usage})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -156,3 +156,45 @@ def test_openai_via_cli(server, tiny_model_dir, tmp_path):
     # requests run concurrently: lines are appended in completion order
     assert sorted(r["problem_id"] for r in rows) == ["arith-0-00000", "arith-0-00001"]
     assert all(r["prompt"].endswith("<think>\n") and r["num_tokens"] <= 6 for r in rows)
+
+
+@pytest.mark.parametrize("bad", ["text", "tokens-negative", "tokens-string"])
+def test_invalid_response_fields_are_retried_then_named(server, tiny_model_dir, tmp_path, bad):
+    """#19 item 9: `text` a number, `completion_tokens` -5 (the issue's) and "many" (sibling):
+    retried, then an error naming the server URL and the field; no line written."""
+    out = tmp_path / "t.jsonl"
+    field = "choices[0].text" if bad == "text" else "usage.completion_tokens"
+    import re
+
+    msg = f"server {server}/v1/completions returned an invalid {field}"
+    with pytest.raises(GenerationError, match=re.escape(msg)):
+        generate(
+            f"{tiny_model_dir}#bad={bad}", arith_problems(1, seed=0), out, generator="openai",
+            server=server, n=1, max_new_tokens=4, progress=False,
+            backend_kwargs={"tokenizer": str(tiny_model_dir), "max_retries": 1},
+        )
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_server_that_never_answers_warns_then_fails(tmp_path, tiny_model_dir, caplog):
+    """#19 item 10: a server that accepts and never answers: periodic "still waiting for URL"
+    warnings, then a clear error after --request-timeout (the issue's: accept and stay silent;
+    sibling: the same with two concurrent requests)."""
+    from ssgr.data.backends.openai import OpenAIBackend
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)  # connections complete in the backlog; nothing ever answers
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        backend = OpenAIBackend(str(tiny_model_dir), server=url, tokenizer=str(tiny_model_dir),
+                                max_retries=0, request_timeout=1.5, wait_warning_s=0.5,
+                                concurrency=2)
+        with pytest.raises(GenerationError, match="could not get a response"):
+            generate(str(tiny_model_dir), arith_problems(1, seed=0), tmp_path / "t.jsonl",
+                     generator="openai", server=url, n=2, max_new_tokens=4, progress=False,
+                     backend_obj=backend)
+        backend.close()
+    finally:
+        sock.close()
+    assert f"still waiting for {url}/v1" in caplog.text

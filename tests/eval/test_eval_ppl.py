@@ -173,3 +173,24 @@ def test_perplexity_end_to_end_and_errors(tmp_path, tiny):
         perplexity("tiny", traces=bad)
     with pytest.raises(FileNotFoundError):
         perplexity(tmp_path / "nope", corpus=corpus)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1024])
+def test_chunked_nll_equals_the_whole_sequence_computation(tiny, chunk):
+    """#19 item 13: the NLL over chunks of positions equals today's whole-logits computation on
+    a short trace (chunk 3: the issue's chunking; chunk 1 and one chunk longer than the trace:
+    siblings at both ends)."""
+    import torch
+
+    from ssgr.eval.perplexity import _nll_sum
+
+    model, tok = tiny
+    ids = tok("12+7=19 and 3*4=12", add_special_tokens=False)["input_ids"]
+    start = 4
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        logits = model(input_ids=x).logits[0, :-1].double()
+    ref = torch.nn.functional.cross_entropy(logits[start - 1:], x[0, start:], reduction="sum")
+    nll, n = _nll_sum(model, ids, start, chunk=chunk)
+    assert n == len(ids) - start
+    assert nll == pytest.approx(float(ref), rel=1e-6, abs=1e-9)

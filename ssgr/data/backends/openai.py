@@ -45,6 +45,14 @@ def normalize_base_url(url: str) -> str:
     return u if u.endswith("/v1") else u + "/v1"
 
 
+class _BadResponse(Exception):
+    """A response field of the wrong type or value (retried, then a GenerationError)."""
+
+    def __init__(self, field: str, value: Any) -> None:
+        super().__init__(field)
+        self.field, self.value = field, value
+
+
 class OpenAIBackend:
     """Generate through an OpenAI-compatible server."""
 
@@ -62,7 +70,8 @@ class OpenAIBackend:
         max_new_tokens: int = 32768,
         concurrency: int = 16,
         max_retries: int = 5,
-        request_timeout: float = 3600.0,
+        request_timeout: float = 600.0,
+        wait_warning_s: float = 60.0,
         api_key: str | None = None,
         served_model_name: str | None = None,
         **_: Any,
@@ -96,6 +105,10 @@ class OpenAIBackend:
         self.max_new_tokens = max_new_tokens
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
+        if not request_timeout > 0:
+            raise DataError(f"--request-timeout must be > 0 seconds, got {request_timeout}")
+        self.request_timeout = request_timeout
+        self.wait_warning_s = wait_warning_s
         try:
             import openai
         except ImportError:
@@ -152,50 +165,94 @@ class OpenAIBackend:
         except oa.APIResponseValidationError as e:
             raise GenerationError(f"server {url} returned an unexpected response: {e}") from None
 
+    def _parse(self, out: Any) -> tuple[str, int | None, str]:
+        """(text, completion tokens or None, finish reason) of one response; every field is
+        checked. Raises ``_BadResponse`` naming the field."""
+        choices = getattr(out, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise _BadResponse("choices", choices)
+        choice = choices[0]
+        if self.api == "completions":
+            text = getattr(choice, "text", None)
+            if not isinstance(text, str):
+                raise _BadResponse("choices[0].text", text)
+        else:
+            msg = getattr(choice, "message", None)
+            content = getattr(msg, "content", None)
+            if content is not None and not isinstance(content, str):
+                raise _BadResponse("choices[0].message.content", content)
+            text = content or ""
+            extra = getattr(msg, "model_extra", None) or {}
+            reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+            if reasoning is not None and not isinstance(reasoning, str):
+                raise _BadResponse("choices[0].message.reasoning_content", reasoning)
+            if reasoning:
+                text = f"<think>\n{reasoning}\n</think>\n\n{text}"
+        raw_reason = getattr(choice, "finish_reason", None)
+        if raw_reason is not None and not isinstance(raw_reason, str):
+            raise _BadResponse("choices[0].finish_reason", raw_reason)
+        usage = getattr(out, "usage", None)
+        num = getattr(usage, "completion_tokens", None) if usage is not None else None
+        if num is not None and (not isinstance(num, int) or isinstance(num, bool) or num < 0):
+            raise _BadResponse("usage.completion_tokens", num)
+        if raw_reason not in ("stop", "length"):
+            logger.debug("finish_reason %r treated as 'stop'", raw_reason)
+        return text, num, "length" if raw_reason == "length" else "stop"
+
     def _one(self, r: Request) -> Completion:
-        out = self._create(r)
-        try:
-            choice = out.choices[0]
-            if self.api == "completions":
-                text = choice.text
-            else:
-                msg = choice.message
-                extra = msg.model_extra or {}
-                text = msg.content or ""
-                reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-                if reasoning:
-                    text = f"<think>\n{reasoning}\n</think>\n\n{text}"
-            raw_reason = choice.finish_reason
-        except (AttributeError, IndexError, TypeError) as e:
-            raise GenerationError(
-                f"unexpected response from {self.base}: {e}: {str(out)[:300]}"
-            ) from None
-        num = out.usage.completion_tokens if out.usage is not None else None
+        url = self.base + ("/completions" if self.api == "completions" else "/chat/completions")
+        for attempt in range(self.max_retries + 1):
+            out = self._create(r)
+            try:
+                text, num, reason = self._parse(out)
+                break
+            except _BadResponse as e:
+                if attempt == self.max_retries:
+                    raise GenerationError(
+                        f"server {url} returned an invalid {e.field} ({e.value!r:.100}) in "
+                        f"{self.max_retries + 1} attempt(s); nothing was written for problem "
+                        f"{r.problem_id!r} sample {r.sample}: check the server"
+                    ) from None
+                logger.warning("server %s: invalid %s (%r); retrying", url, e.field, e.value)
         if num is None:
             if self.tokenizer is None:
                 raise GenerationError(f"server {self.base} reported no usage.completion_tokens")
             num = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        if raw_reason not in ("stop", "length"):
-            logger.debug("finish_reason %r treated as 'stop'", raw_reason)
-        reason = "length" if raw_reason == "length" else "stop"
         return Completion(r, text, int(num), reason)
 
     def generate(self, requests: Sequence[Request]) -> Iterator[Completion]:
-        """Send the requests concurrently; yield completions as they arrive."""
+        """Send the requests concurrently; yield completions as they arrive. While none
+        arrives, a WARNING "still waiting for URL" is logged every ``wait_warning_s`` seconds;
+        each attempt times out after ``request_timeout`` seconds (then retried, then a
+        :class:`GenerationError`)."""
         if not requests:
             return
         error: BaseException | None = None
         with cf.ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             futures = [pool.submit(self._one, r) for r in requests]
-            for fut in cf.as_completed(futures):
-                exc = fut.exception()
-                if exc is not None:
-                    if error is None:
-                        error = exc
-                        for f in futures:
-                            f.cancel()
+            waiting = set(futures)
+            while waiting:
+                done, waiting = cf.wait(
+                    waiting, timeout=self.wait_warning_s, return_when=cf.FIRST_COMPLETED
+                )
+                if not done:
+                    logger.warning(
+                        "still waiting for %s (%d request(s) outstanding, timeout %.0f s per "
+                        "attempt, --request-timeout)", self.base, len(waiting),
+                        self.request_timeout,
+                    )
                     continue
-                yield fut.result()
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    exc = fut.exception()
+                    if exc is not None:
+                        if error is None:
+                            error = exc
+                            for f in futures:
+                                f.cancel()
+                        continue
+                    yield fut.result()
         if error is not None:
             raise error
 
