@@ -107,11 +107,21 @@ def load_model(
     The one loader of eval and generation. ``path`` is a model directory (see
     :func:`resolve_model`) or a name transformers can load; ``device`` defaults to
     :func:`default_device`; ``dtype`` is a torch dtype name (default bfloat16 on CUDA, float32
-    elsewhere). Raises :class:`ModelNotFoundError` when transformers cannot load it.
+    elsewhere). Raises :class:`~ssgr.models.checks.ModelDirError` for a local directory with a
+    broken safetensors index or shard header, or no config or tokenizer files (checked before
+    any weight is read), and :class:`ModelNotFoundError` when transformers cannot load it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = Path(path)
+    if folder.is_dir():
+        from ssgr.models.checks import check_model_dir
+
+        # headers only: a broken index or shard, or missing config/tokenizer files, is named
+        # before any weight is read (weights other than safetensors are left to transformers)
+        has_safetensors = any(folder.glob("*.safetensors")) or any(folder.glob("*.index.json"))
+        check_model_dir(folder, need_weights=has_safetensors, need_tokenizer=True)
     dev = torch.device(device or default_device())
     if dtype is None:
         tdtype = torch.bfloat16 if dev.type == "cuda" else torch.float32

@@ -127,3 +127,18 @@ def test_duplicate_tensor_without_index(model_dir):
     shutil.copyfile(model_dir / "s2.safetensors", model_dir / "s3.safetensors")
     with pytest.raises(ModelDirError, match=r"'c\.weight' is in both s2\.safetensors and s3"):
         check_model_dir(model_dir)
+
+
+def test_load_model_checks_the_directory_first(model_dir):
+    """eval, ppl and the hf generator load through ssgr.models.load_model: a broken index is named
+    before transformers reads any weight, and so is a directory without tokenizer files."""
+    from ssgr.models import load_model
+
+    (model_dir / "tokenizer.json").write_text("{}")
+    (model_dir / INDEX).write_text("[1, 2]")
+    with pytest.raises(ModelDirError, match=INDEX):
+        load_model(model_dir, device="cpu")
+    (model_dir / "tokenizer.json").unlink()
+    (model_dir / INDEX).unlink()
+    with pytest.raises(ModelDirError, match="tokenizer"):
+        load_model(model_dir, device="cpu")
