@@ -84,3 +84,43 @@ def test_cli_bad_input(tmp_path, caplog):
     assert "t.jsonl:1: malformed JSON" in caplog.text
     assert "--tau must be in [0, 1]" in caplog.text
     assert "missing.jsonl' does not exist" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        (b'{"id": "a", "question": "1+1?", "answer": "\xff2"}',
+         r"p\.jsonl:2: not valid UTF-8 \(byte 0xff"),
+        (b'{"id": "a", "question": "1+1?", "answer": NaN}',
+         r"p\.jsonl:2: NaN is not a finite number"),
+        (b'{"id": "a", "question": "1+1?", "answer": -Infinity}',
+         r"p\.jsonl:2: -Infinity is not a"),
+        (b'{"id": "a", "question": ' + b"[" * 100_000 + b"]" * 100_000 + b', "answer": 2}',
+         r"p\.jsonl:2: malformed JSON .*nested too deeply"),
+    ],
+)
+def test_bad_problems_lines_name_file_and_line(tmp_path, caplog, line, match):
+    """#19 items 1 and 3 through `ssgr generate`: a problems line that is not UTF-8, carries
+    NaN/Infinity or is nested 100,000 deep is one ERROR naming FILE:LINE, exit 2, no traceback and
+    no TRACES written (the model is never loaded: the problems are read first)."""
+    import re
+
+    probs = tmp_path / "p.jsonl"
+    probs.write_bytes(b'{"id": "ok", "question": "2+2?", "answer": "4"}\n' + line + b"\n")
+    traces = tmp_path / "t.jsonl"
+    with caplog.at_level(logging.ERROR, logger="ssgr"):
+        rc = _run(["generate", "tiny", "--problems", str(probs), "--out", str(traces), "--n", "1"])
+    assert rc == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and re.search(match, errors[0]), errors
+    assert not traces.exists() or traces.stat().st_size == 0
+
+
+def test_bad_traces_line_names_file_and_line(tmp_path, caplog):
+    """The same reader for TRACES.jsonl (`ssgr select`): a byte that is not UTF-8 on line 1."""
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(b'{"problem_id": "\xfe"}\n')
+    with caplog.at_level(logging.ERROR, logger="ssgr"):
+        rc = _run(["select", str(traces), "--strategy", "ssgr", "--out", str(tmp_path / "c.jsonl")])
+    assert rc == 2
+    assert any("t.jsonl:1: not valid UTF-8 (byte 0xfe" in r.getMessage() for r in caplog.records)
