@@ -222,9 +222,7 @@ def _freeze_problems(source: str, path: Path) -> Path:
     from ssgr.data.problems import load_problems, write_problems
 
     if not path.is_file():
-        tmp = path.with_name(path.name + ".tmp")
-        write_problems(tmp, load_problems(source))
-        os.replace(tmp, path)
+        write_problems(path, load_problems(source))  # atomic (temp file, fsync, rename)
     return path
 
 

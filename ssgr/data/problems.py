@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl
 
 from ssgr.data.errors import DataError
 from ssgr.errors import MissingPackageError, missing_extra
-from ssgr.io import iter_jsonl
+from ssgr.io import iter_jsonl, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ def problem_hash(problem: Problem) -> str:
     sample of it depends on (a traces file keys its samples on it, see
     :func:`ssgr.data.generate.generate`)."""
     import hashlib
-    import json
 
     blob = json.dumps([problem.question, problem.answer], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
@@ -129,10 +128,9 @@ def read_problems_file(path: str | os.PathLike[str]) -> list[Problem]:
 
 
 def write_problems(path: str | os.PathLike[str], problems: Sequence[Problem]) -> None:
-    """Write problems as jsonl (e.g. to freeze a built-in source or a split)."""
-    with Path(path).open("w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
+    """Write problems as jsonl (e.g. to freeze a built-in source or a split), atomically: a kill
+    leaves the old file or the whole new one."""
+    write_jsonl_atomic(path, (p.to_dict() for p in problems))
 
 
 # --------------------------------------------------------------------------- arith generator

@@ -138,7 +138,7 @@ def _ro_mount(tmp_path: Path) -> Path:
     return mnt
 
 
-@pytest.mark.parametrize("command", ["generate", "select", "ppl", "eval"])
+@pytest.mark.parametrize("command", ["generate", "select", "ppl", "eval", "run"])
 def test_read_only_output_is_refused_before_work(tmp_path, command, caplog):
     import subprocess
 
@@ -156,6 +156,7 @@ def test_read_only_output_is_refused_before_work(tmp_path, command, caplog):
             "select": ["select", "--strategy", "sgr", "nonexistent.jsonl", "--out"],
             "ppl": ["ppl", "tiny", "--traces", "nonexistent.jsonl", "--out"],
             "eval": ["eval", "tiny", "--problems", "builtin:arith?n=5", "--out"],
+            "run": ["run", "--quick", "--out"],
         }[command]
         assert main([*args, str(mnt / "x.json")]) == 2
         assert "read-only file system (choose another --out)" in caplog.text
