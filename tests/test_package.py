@@ -184,9 +184,9 @@ def test_command_options_match_the_python_api(cls_path, func_path):
 
     cls, func = load(cls_path), load(func_path)
     params = inspect.signature(func).parameters
-    backend_only = (
-        {"max_retries", "api", "tokenizer"} if cls.__name__ == "GenerateConfig" else set()
-    )
+    from ssgr.data.cli import GENERATOR_OPTIONS
+
+    backend_only = set(GENERATOR_OPTIONS) if cls.__name__ == "GenerateConfig" else set()
     for f in dataclasses.fields(cls):
         if f.name in backend_only:
             continue

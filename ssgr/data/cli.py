@@ -78,6 +78,11 @@ class GenerateConfig:
     progress: bool = option(True, help="progress bar")
 
 
+#: GenerateConfig fields that configure the openai generator (passed as its ``backend_kwargs``),
+#: not arguments of :func:`ssgr.data.generate.generate`.
+GENERATOR_OPTIONS = ("max_retries", "api", "tokenizer", "request_timeout")
+
+
 def generate_command(cfg: GenerateConfig) -> GenerateStats:
     """Run ``ssgr generate``: :func:`ssgr.data.generate.generate` with the options of ``cfg``.
 
@@ -87,7 +92,7 @@ def generate_command(cfg: GenerateConfig) -> GenerateStats:
     from ssgr.data.generate import generate
 
     kw = dataclasses.asdict(cfg)
-    extra = {k: kw.pop(k) for k in ("max_retries", "api", "tokenizer", "request_timeout")}
+    extra = {k: kw.pop(k) for k in GENERATOR_OPTIONS}
     st = generate(
         kw.pop("model"), kw.pop("problems"), kw.pop("out"), **kw,
         backend_kwargs=extra if cfg.generator == "openai" else None,
