@@ -54,7 +54,8 @@ from torch import nn
 
 from ssgr.errors import InputError
 from ssgr.ops import SparseGPTResult, hessian_accumulate, sparsegpt_prune
-from ssgr.ops.sparsegpt.reference import damped_inverse_factor
+from ssgr.ops.sparsegpt._common import prepare
+from ssgr.ops.sparsegpt.reference import damped_inverse_factor, sparsegpt_blocks
 
 from ._layers import inputs_2d, layer_kind, weight_2d, write_weight_2d
 from .quant import quantize
@@ -87,14 +88,16 @@ def _obs_quantized(
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """SparseGPT's blocked OBS loop with every kept weight put on a quantization grid (SparseGPT
     paper, Frantar & Alistarh 2023, section 3.5 "joint sparsification and quantization"; IST's
-    ``fasterprune`` with a quantizer). The slow path: one torch step per column, taken only when
-    a quantizer is attached (no ssgr kernel quantizes).
+    ``fasterprune`` with a quantizer). The slow path: the reference backend's column loop
+    (:func:`ssgr.ops.sparsegpt.reference.sparsegpt_blocks` with ``grid``), taken only when a
+    quantizer is attached (no ssgr kernel quantizes).
 
     Args:
-        W: ``[r, c]`` float32 weights (a copy: modified in place).
+        W: ``[r, c]`` float32 weights (not modified).
         H: ``[c, c]`` float32 Hessian, IST-scaled (not modified).
         grid: maps a column ``q[r, 1]`` (pruned entries already 0) to its grid values.
-        sparsity: unstructured fraction pruned per block (``n_prune == 0``); 0 prunes nothing.
+        sparsity: unstructured fraction pruned per block (``n_prune == 0``); a block whose share
+            ``int(numel * sparsity)`` is 0 prunes nothing (so 0 only quantizes).
         n_prune, m: N:M, prune ``n_prune`` of every ``m`` (chosen from the updated weights).
         blocksize: columns per OBS block. percdamp: damping fraction (> 0), retried x10.
     Returns:
@@ -103,43 +106,11 @@ def _obs_quantized(
     Raises:
         CholeskyError: H stays non positive-definite after every damping retry.
     """
-    rows, cols = W.shape
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H.diagonal()[dead] = 1
-    W[:, dead] = 0
-    U, damping = damped_inverse_factor(H, percdamp)
-    keep = torch.ones(rows, cols, dtype=torch.bool, device=W.device)
-    losses = torch.zeros(rows, device=W.device)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1, Err1, L1 = torch.zeros_like(W1), torch.zeros_like(W1), torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        d1 = torch.diag(U1)
-        if n_prune == 0 and sparsity > 0:
-            score = W1**2 / d1.reshape(1, -1) ** 2
-            mask1 = score <= torch.sort(score.flatten())[0][int(score.numel() * sparsity)]
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        for i in range(i2 - i1):
-            w, d = W1[:, i], U1[i, i]
-            if n_prune != 0 and i % m == 0:
-                score = W1[:, i:i + m] ** 2 / d1[i:i + m].reshape(1, -1) ** 2
-                mask1.scatter_(1, i + torch.topk(score, n_prune, dim=1, largest=False)[1], True)
-            q = w.clone()
-            q[mask1[:, i]] = 0
-            q = grid(q.unsqueeze(1)).flatten()
-            Q1[:, i] = q
-            L1[:, i] = (w - q) ** 2 / d**2
-            err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1).matmul(U1[i, i:].unsqueeze(0))
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        keep[:, i1:i2] = ~mask1
-        losses += torch.sum(L1, 1) / 2
-        W[:, i2:] -= Err1.matmul(U[i1:i2, i2:])
-    return W, keep, float(losses.sum().item()), damping
+    Wc, Hc = prepare(W, H, torch.float32)
+    U, damping = damped_inverse_factor(Hc, percdamp)
+    Q, keep, loss = sparsegpt_blocks(Wc, U, sparsity=sparsity, n_prune=n_prune, m=m,
+                                     blocksize=blocksize, grid=grid)
+    return Q, keep, loss, damping
 
 
 class SparseGPT:

@@ -8,6 +8,8 @@ upper Cholesky factor of the damped ``H^-1``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .._registry import register
@@ -30,6 +32,7 @@ def sparsegpt_blocks(
     n_prune: int,
     m: int,
     blocksize: int,
+    grid: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """SparseGPT's blocked OBS loop, llm-compressor ``sparsify_weight`` line by line.
 
@@ -38,6 +41,10 @@ def sparsegpt_blocks(
     ``w^2 / U_ii^2`` is <= the ``int(numel * sparsity)``-th smallest (0-based; so k+1 or more,
     with ties). N:M (``n_prune > 0``): at every m-th column of a block, prune the ``n_prune``
     smallest of the m already-updated weights (``torch.topk(largest=False)``).
+
+    ``grid`` (optional) maps each pruned column ``q[r, 1]`` to its quantization grid before the
+    error is compensated: SparseGPT's joint sparsification and quantization (Frantar & Alistarh
+    2023, section 3.5; IST's ``fasterprune`` with a quantizer attached).
 
     Returns ``(Q[r, c], keep[r, c] bool, loss)``; Q in W's dtype.
     """
@@ -71,6 +78,8 @@ def sparsegpt_blocks(
                 mask1.scatter_(1, i + torch.topk(tmp, n_prune, dim=1, largest=False)[1], True)
             q = w.clone()
             q[mask1[:, i]] = 0
+            if grid is not None:
+                q = grid(q.unsqueeze(1)).flatten()
             Q1[:, i] = q
             Losses1[:, i] = (w - q) ** 2 / d**2
             err1 = (w - q) / d
