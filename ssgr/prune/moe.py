@@ -167,10 +167,11 @@ def expert_intermediate(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Te
     return experts.act_fn(gate) * up
 
 
-def routed_tokens(top_k_index: torch.Tensor, e: int) -> torch.Tensor:
-    """Row indices ``[n]`` of the tokens whose top-k choice ``top_k_index[T, k]`` includes
-    expert ``e`` (ascending)."""
-    return (top_k_index == e).any(dim=-1).nonzero().squeeze(-1)
+def routed(top_k_index: torch.Tensor, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(top-k slot [n], token row [n])`` of the tokens whose top-k choice ``top_k_index[T, k]``
+    includes expert ``e``, in the eager loop's order (``torch.where`` over the ``[k, T]`` expert
+    mask: slot-major), so the statistics rows come in the order transformers computes them."""
+    return torch.where((top_k_index == e).transpose(0, 1))
 
 
 @torch.no_grad()
@@ -180,13 +181,12 @@ def mirror_forward(experts: nn.Module, x: torch.Tensor, top_k_index: torch.Tenso
     router's ``top_k_index[T, k]`` and ``top_k_weights[T, k]``."""
     y = torch.zeros_like(x)
     for e in range(int(experts.gate_up_proj.shape[0])):
-        tok = routed_tokens(top_k_index, e)
+        pos, tok = routed(top_k_index, e)
         if not tok.numel():
             continue
         h = expert_intermediate(experts, e, x[tok])
         o = F.linear(h, experts.down_proj[e], _bias(experts, DOWN, e))
-        w = (top_k_weights[tok] * (top_k_index[tok] == e)).sum(-1, keepdim=True)
-        y.index_add_(0, tok, (o * w).to(y.dtype))
+        y.index_add_(0, tok, (o * top_k_weights[tok, pos, None]).to(y.dtype))
     return y
 
 
@@ -243,7 +243,7 @@ def feed(stats: ExpertStats, experts: nn.Module, pname: str, x: torch.Tensor,
     if select is not None:
         x, top_k_index = x.index_select(0, select), top_k_index.index_select(0, select)
     for e, acc in enumerate(stats.accs):
-        xe = x if calibration == "all" else x.index_select(0, routed_tokens(top_k_index, e))
+        xe = x if calibration == "all" else x.index_select(0, routed(top_k_index, e)[1])
         if not xe.shape[0]:
             continue
         acc.add(xe if pname == GATE_UP else expert_intermediate(experts, e, xe))
