@@ -82,9 +82,10 @@ class PruneConfig:
         help="a module (or MoE expert) whose statistics saw fewer than N calibration tokens, "
              "or only zero inputs, is pruned by magnitude at the same pattern instead (one "
              "WARNING per module, recorded in the report). Default 1: only modules no token "
-             "reached fall back, so every calibrated result is unchanged; raise it (e.g. to the "
-             "input width, where a Hessian becomes full rank) for rarely-routed experts; 0 "
-             "turns the policy off (no tokens is then an error, dead inputs are zeroed)")
+             "reached, or whose inputs were all zero, fall back (SparseGPT would zero them "
+             "entirely); every other result is unchanged. Raise it (e.g. to the input width, "
+             "below which a Hessian is rank-deficient) for rarely-routed experts; 0 turns the "
+             "policy off (no tokens is then an error, dead inputs are zeroed)")
     overwrite: bool = option(False, help="replace an existing --out")
     resume: bool = option(False, help="continue an interrupted run of the same command")
     checkpoint_every: int = option(
