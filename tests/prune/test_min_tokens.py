@@ -69,6 +69,7 @@ def test_dead_inputs_fall_back_to_magnitude(tmp_path, dead_dir, calib_file, capl
 
 
 @pytest.mark.compat(family="llama", order="module", method="sparsegpt")
+@pytest.mark.compat(family="llama", order="module", method="magnitude")
 def test_min_tokens_above_the_calibration_size(tmp_path, llama_dir, calib_file, caplog):
     """Every module saw 451 tokens: --min-tokens 452 prunes them all by magnitude, exactly as
     --method magnitude does."""
@@ -88,6 +89,7 @@ def test_min_tokens_above_the_calibration_size(tmp_path, llama_dir, calib_file, 
     assert all(m["method"] == "sparsegpt" for m in rep["modules"])
 
 
+@pytest.mark.compat(family="llama", order="layer", method="sparsegpt")
 def test_min_tokens_zero_turns_the_policy_off(tmp_path, dead_dir, calib_file):
     rep = prune_model(_cfg(dead_dir, calib_file, tmp_path / "out", min_tokens=0,
                            sequential="layer"))
