@@ -309,7 +309,11 @@ class SSGRWandaPruningModifier(_FallbackMixin, WandaPruningModifier):
             kind = self._kinds.pop(module)
             acc = self._accumulators.pop(module)
             log.info("Sparsifying %s using %d samples (ssgr)", name, self._num_samples[module])
-            reason = under_calibrated(acc.tokens, acc.col_sq_norms() if acc.tokens else None)
+            try:
+                norms = acc.col_sq_norms() if acc.tokens else None
+            except ValueError as exc:
+                raise ValueError(f"{type(self).__name__}: module {name}: {exc}") from None
+            reason = under_calibrated(acc.tokens, norms)
             if reason is not None:
                 self._fallback(module, name, kind, sparsity, acc.tokens, reason)
                 self._ssgr_done.add(module)
