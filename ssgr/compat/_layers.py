@@ -113,3 +113,30 @@ def inputs_2d(layer: nn.Module, kind: str, inp: torch.Tensor, columns: int,
             "forward hook on it)"
         )
     return X, samples
+
+
+def under_calibrated(tokens: int, diag: torch.Tensor | None, min_tokens: int = 1) -> str | None:
+    """Why a layer's statistics are too poor to prune by (the ``--min-tokens`` policy of
+    ``ssgr prune``, shared by the drop-ins), or None: fewer than ``min_tokens`` input rows
+    (tokens), or every input column exactly zero on every token (``diag``: the Hessian's
+    diagonal or the column squared norms ``[columns]``; an all-zero Hessian makes SparseGPT zero
+    the whole weight)."""
+    if tokens < max(min_tokens, 1):
+        return f"{tokens} calibration token(s) reached it, fewer than {max(min_tokens, 1)}"
+    if diag is not None and diag.numel() and not bool((diag != 0).any()):
+        return (f"all {diag.numel()} of its inputs were exactly zero on its {tokens} calibration "
+                "token(s) (dead inputs)")
+    return None
+
+
+def magnitude_keep(W: torch.Tensor, sparsity: float, n_kept: int, m: int,
+                   backend: str | None = None) -> torch.Tensor:
+    """Keep mask ``[rows, columns]`` (bool) of magnitude pruning at the requested pattern: the
+    largest ``|W|`` per row (``sparsity`` of each row pruned) when ``m == 0``, else ``n_kept`` of
+    every ``m`` along the input dimension (the fallback of :func:`under_calibrated` layers)."""
+    from ssgr.ops import nm_mask, topk_mask
+
+    scores = W.detach().abs().float()
+    if m:
+        return nm_mask(scores, n_kept, m, backend=backend)
+    return topk_mask(scores, sparsity, per="row", backend=backend)

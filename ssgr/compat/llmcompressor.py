@@ -31,6 +31,12 @@ What changes, by design:
   are pruned by llm-compressor's own ``sparsify_weight`` (logged once per modifier).
 - Wanda's column statistic is the token sum of ``x^2`` (the stock one is averaged per sample):
   a uniform scale again, the masks are the same.
+- Under-calibrated layers (``ssgr prune``'s ``--min-tokens`` policy at its default): a layer
+  whose input was exactly zero on every token, or that no token reached (an MoE expert the
+  router never chose: its hook never fired), is pruned by magnitude at the requested pattern,
+  with one WARNING naming it and its token count, and listed in the modifier's
+  ``ssgr_fallbacks``. Stock llm-compressor zeroes the whole weight of the first (SparseGPT) and
+  leaves the second dense; the stock Wanda modifier's ssgr drop-in used to abort the run.
 """
 
 from __future__ import annotations
@@ -58,7 +64,14 @@ from ssgr.ops import (
     wanda_scores,
 )
 
-from ._layers import inputs_2d, layer_kind, weight_2d, weight_from_2d
+from ._layers import (
+    inputs_2d,
+    layer_kind,
+    magnitude_keep,
+    under_calibrated,
+    weight_2d,
+    weight_from_2d,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +99,49 @@ def _sparsity(value: object, name: str, cls: str) -> float:
         ) from None
 
 
-class SSGRSparseGPTModifier(SparseGPTModifier):
+class _FallbackMixin:
+    """The ``--min-tokens`` policy for both modifiers (see the module docstring)."""
+
+    def _fallback(self, module: torch.nn.Module, name: str, kind: str, sparsity: float,
+                  tokens: int, reason: str) -> None:
+        """Prune ``module`` by magnitude at the modifier's pattern; one WARNING, one record."""
+        name = name.rstrip(".")  # llm-compressor names a targeted leaf "layer.leaf."
+        n_kept = self._prune_m - self._prune_n if self._prune_n else 0
+        m = self._prune_m if self._prune_n else 0
+        log.warning("%s: module %s: %s; pruned by magnitude at %s instead (ssgr --min-tokens "
+                    "policy)", type(self).__name__, name, reason,
+                    f"{n_kept}:{m} kept" if m else f"sparsity {sparsity}")
+        with torch.no_grad(), align_module_device(module):
+            W = weight_2d(module, kind)
+            keep = magnitude_keep(W, sparsity, n_kept, m, backend=self.ssgr_backend)
+            new_weight = weight_from_2d(module, kind, W.masked_fill(~keep, 0))
+        update_offload_parameter(module, "weight", new_weight)
+        self._ssgr_fallbacks.append({"module": name, "tokens": tokens, "method": "magnitude",
+                                     "reason": reason})
+
+    @property
+    def ssgr_fallbacks(self) -> list[dict]:
+        """One record per layer pruned by magnitude under the policy: ``module``, ``tokens``,
+        ``method`` ("magnitude"), ``reason``."""
+        return list(self._ssgr_fallbacks)
+
+    def _uncalibrated_fallback(self) -> None:
+        """Layers registered for calibration whose hook never ran (no token reached them)."""
+        for module, name in list(self._module_names.items()):
+            if module in self._ssgr_done or module in self._num_samples:
+                continue
+            sparsity = _sparsity(self._module_sparsities[module], name, type(self).__name__)
+            kind = layer_kind(module, name)
+            self._fallback(module, name, kind, sparsity, 0, under_calibrated(0, None))
+            self._ssgr_done.add(module)
+
+    def on_calibration_end(self, state, event, **kwargs):
+        """llm-compressor's calibration end, then the policy for layers no token reached."""
+        super().on_calibration_end(state, event, **kwargs)
+        self._uncalibrated_fallback()
+
+
+class SSGRSparseGPTModifier(_FallbackMixin, SparseGPTModifier):
     """llm-compressor's ``SparseGPTModifier`` (same fields) with Hessians and OBS on ssgr ops.
 
     Fields: ``sparsity``, ``sparsity_profile``, ``mask_structure`` ("N:M" prunes N of M),
@@ -99,6 +154,9 @@ class SSGRSparseGPTModifier(SparseGPTModifier):
 
     _kinds: dict[torch.nn.Module, str] = PrivateAttr(default_factory=dict)
     _delegation_logged: bool = PrivateAttr(default=False)
+    _tokens: dict[torch.nn.Module, int] = PrivateAttr(default_factory=dict)
+    _ssgr_done: set = PrivateAttr(default_factory=set)
+    _ssgr_fallbacks: list = PrivateAttr(default_factory=list)
 
     @field_validator("dampening_frac")
     @classmethod
@@ -143,6 +201,7 @@ class SSGRSparseGPTModifier(SparseGPTModifier):
             X, samples = inputs_2d(module, kind, args[0], H.shape[0], name)
             hessian_accumulate(H, X.to(H.device), backend=self.ssgr_backend)
         self._num_samples[module] += samples
+        self._tokens[module] = self._tokens.get(module, 0) + int(X.shape[0])
 
     def compress_modules(self) -> None:
         """Prune every calibrated module with :func:`ssgr.ops.sparsegpt_prune`."""
@@ -156,7 +215,15 @@ class SSGRSparseGPTModifier(SparseGPTModifier):
                 align_module_device(module),
                 CompressionLogger(module) as comp_logger,
             ):
-                if self.preserve_sparsity_mask:
+                reason = None
+                if not self.preserve_sparsity_mask:
+                    with self._maybe_onload_hessian(module):
+                        reason = under_calibrated(self._tokens.get(module, 0),
+                                                  self._hessians[module].diagonal())
+                if reason is not None:
+                    self._hessians.pop(module)
+                    loss, new_weight = None, None
+                elif self.preserve_sparsity_mask:
                     loss, new_weight = self._stock_prune(module, sparsity)
                 else:
                     H = self._hessians.pop(module)
@@ -174,8 +241,14 @@ class SSGRSparseGPTModifier(SparseGPTModifier):
                         raise ValueError(f"{type(self).__name__}: module {name}: {exc}") from None
                     del H
                     loss, new_weight = res.loss, weight_from_2d(module, kind, res.weight)
-                comp_logger.set_results(name="SGPT", loss=loss)
-            update_offload_parameter(module, "weight", new_weight)
+                if loss is not None:
+                    comp_logger.set_results(name="SGPT", loss=loss)
+            if reason is not None:
+                self._fallback(module, name, kind, sparsity, self._tokens.get(module, 0), reason)
+            else:
+                update_offload_parameter(module, "weight", new_weight)
+            self._tokens.pop(module, None)
+            self._ssgr_done.add(module)
             del self._num_samples[module]
 
     def _stock_prune(self, module: torch.nn.Module, sparsity: float) -> tuple[float, torch.Tensor]:
@@ -193,7 +266,7 @@ class SSGRSparseGPTModifier(SparseGPTModifier):
         )
 
 
-class SSGRWandaPruningModifier(WandaPruningModifier):
+class SSGRWandaPruningModifier(_FallbackMixin, WandaPruningModifier):
     """llm-compressor's ``WandaPruningModifier`` (same fields) with the column statistic and the
     mask selection on ssgr ops: per-row unstructured (``topk_mask(per="row")``, wanda's stable
     sort) or N:M (``nm_mask``, "N:M" prunes N of M). Extra field ``ssgr_backend``."""
@@ -202,6 +275,8 @@ class SSGRWandaPruningModifier(WandaPruningModifier):
 
     _accumulators: dict[torch.nn.Module, HessianAccumulator] = PrivateAttr(default_factory=dict)
     _kinds: dict[torch.nn.Module, str] = PrivateAttr(default_factory=dict)
+    _ssgr_done: set = PrivateAttr(default_factory=set)
+    _ssgr_fallbacks: list = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _ssgr_pattern(self) -> SSGRWandaPruningModifier:
@@ -234,6 +309,16 @@ class SSGRWandaPruningModifier(WandaPruningModifier):
             kind = self._kinds.pop(module)
             acc = self._accumulators.pop(module)
             log.info("Sparsifying %s using %d samples (ssgr)", name, self._num_samples[module])
+            try:
+                norms = acc.col_sq_norms() if acc.tokens else None
+            except ValueError as exc:
+                raise ValueError(f"{type(self).__name__}: module {name}: {exc}") from None
+            reason = under_calibrated(acc.tokens, norms)
+            if reason is not None:
+                self._fallback(module, name, kind, sparsity, acc.tokens, reason)
+                self._ssgr_done.add(module)
+                del self._num_samples[module]
+                continue
             with torch.no_grad(), align_module_device(module), CompressionLogger(module):
                 W = weight_2d(module, kind)
                 try:
@@ -248,6 +333,7 @@ class SSGRWandaPruningModifier(WandaPruningModifier):
                     raise ValueError(f"{type(self).__name__}: module {name}: {exc}") from None
                 new_weight = weight_from_2d(module, kind, W.masked_fill(~keep, 0))
             update_offload_parameter(module, "weight", new_weight)
+            self._ssgr_done.add(module)
             del self._num_samples[module]
 
 

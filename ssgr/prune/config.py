@@ -21,12 +21,17 @@ from ssgr.options import option
 
 from .errors import OutputError, PruneError, is_disk_full
 from .methods import METHODS
+from .moe import MOE_CALIBRATION
 from .pattern import Pattern, parse_pattern
 from .store import parse_bytes
 
 #: Fields of :class:`PruneConfig` that do not change the resulting weights (not fingerprinted).
 NOT_NUMERIC = ("out", "offload", "max_activation_memory", "overwrite", "resume",
                "checkpoint_every")
+
+
+#: Default ``--min-tokens``: a module no calibration token reached falls back to magnitude.
+MIN_TOKENS = 1
 
 
 @dataclass
@@ -67,6 +72,20 @@ class PruneConfig:
     scope: str = option(
         "row", choices=("row", "layer"),
         help="unstructured ratio per row or per layer (wanda, magnitude)")
+    moe_calibration: str = option(
+        "routed", choices=MOE_CALIBRATION,
+        help="MoE experts' statistics: routed (each expert's Hessian from the tokens the router "
+             "sends it) or all (every token through every expert, for the statistics only; "
+             "the layer output still follows the router)")
+    min_tokens: int = option(
+        MIN_TOKENS, metavar="N",
+        help="a module (or MoE expert) whose statistics saw fewer than N calibration tokens, "
+             "or only zero inputs, is pruned by magnitude at the same pattern instead (one "
+             "WARNING per module, recorded in the report). Default 1: only modules no token "
+             "reached, or whose inputs were all zero, fall back (SparseGPT would zero them "
+             "entirely); every other result is unchanged. Raise it (e.g. to the input width, "
+             "below which a Hessian is rank-deficient) for rarely-routed experts; 0 turns the "
+             "policy off (no tokens is then an error, dead inputs are zeroed)")
     overwrite: bool = option(False, help="replace an existing --out")
     resume: bool = option(False, help="continue an interrupted run of the same command")
     checkpoint_every: int = option(
@@ -81,6 +100,7 @@ def validate(cfg: PruneConfig) -> Pattern:
     Raises:
         PruneError naming the flag and the accepted values: --method, --sparsity, --sequential,
         --propagate, --scope, --blocksize, --percdamp (0, 1], --checkpoint-every >= 0,
+        --moe-calibration, --min-tokens >= 0,
         --max-sequences >= 1, an invalid ``re:`` pattern of --targets / --ignore, a --calib
         that is a directory, an unparsable --max-activation-memory.
     """
@@ -105,6 +125,12 @@ def validate(cfg: PruneConfig) -> Pattern:
     if cfg.checkpoint_every < 0:
         raise PruneError(f"--checkpoint-every must be >= 0 (0: no activation checkpoints), got "
                          f"{cfg.checkpoint_every}")
+    if cfg.moe_calibration not in MOE_CALIBRATION:
+        raise PruneError(f"--moe-calibration must be routed or all, got {cfg.moe_calibration!r}")
+    if isinstance(cfg.min_tokens, bool) or not isinstance(cfg.min_tokens, int) \
+            or cfg.min_tokens < 0:
+        raise PruneError(f"--min-tokens must be an integer >= 0 (0: no fallback), got "
+                         f"{cfg.min_tokens!r}")
     if cfg.max_sequences is not None and cfg.max_sequences < 1:
         raise PruneError(f"--max-sequences must be >= 1, got {cfg.max_sequences}")
     for flag, patterns in (("--targets", cfg.targets), ("--ignore", cfg.ignore)):

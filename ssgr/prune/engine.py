@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ssgr.io import claim_files, output_lock, remove_owned
 from ssgr.models.checks import ModelDirError, check_model_dir
 
-from . import loader
+from . import loader, moe
 from .calib import MAX_TOKENS, CalibSequence, load_calibration, model_tokenizer
 from .capture import capture, slice_kwargs
 from .config import PruneConfig, check_out_writable, resolve_device, validate
@@ -48,7 +48,14 @@ from .errors import (
     disk_full_error,
     is_disk_full,
 )
-from .layers import LayerPlan, find_decoder_layers, forward_error, plan_layer, select_targets
+from .layers import (
+    LayerPlan,
+    _matches,
+    find_decoder_layers,
+    forward_error,
+    plan_layer,
+    select_targets,
+)
 from .orders import ORDERS, LayerContext, RunParts
 from .pattern import Pattern
 from .report import Timer, build_report, format_table
@@ -89,6 +96,7 @@ class _Setup:
     ckpt: loader.SafetensorsCheckpoint | None = None
     targets: list[list[str]] = field(default_factory=list)
     seqs: list[CalibSequence] = field(default_factory=list)
+    conv: loader.KeyConversion | None = None
 
 
 def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
@@ -112,10 +120,12 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     dtype = loader.resolve_dtype(cfg.dtype, config, ckpt)
     model = loader.build_skeleton(src, dtype, config)
     layer_prefix, layers = find_decoder_layers(model)
-    targets = [select_targets(layer, f"{layer_prefix}.{i}", cfg.targets, cfg.ignore)
+    conv = loader.KeyConversion(model, ckpt.keys())
+    targets = [_layer_targets(layer, f"{layer_prefix}.{i}", cfg)
                for i, layer in enumerate(layers)]
     if not any(targets):
         lin = [n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear)]
+        lin += moe.select_expert_targets(layers[0], f"{layer_prefix}.0", None, None, _matches)
         raise PruneError(
             f"no module matches --targets {cfg.targets or ['<every Linear>']} (minus --ignore "
             f"{cfg.ignore or []}); the Linear modules of a layer are: {', '.join(lin)}"
@@ -135,7 +145,16 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
                 f"{longest}; SDPA's causal flag cannot express the window: keep sequences "
                 f"<= {win} tokens"
             )
-    return _Setup(src, plan, fp, dtype, model, layer_prefix, layers, ckpt, targets, seqs)
+    return _Setup(src, plan, fp, dtype, model, layer_prefix, layers, ckpt, targets, seqs, conv)
+
+
+def _layer_targets(layer: nn.Module, prefix: str, cfg: PruneConfig) -> list[str]:
+    """The layer's targets: its Linear modules (:func:`select_targets`) without MoE routers
+    unless ``--targets`` names them (:func:`ssgr.prune.moe.drop_routers`), then its fused MoE
+    expert parameters (:func:`ssgr.prune.moe.select_expert_targets`)."""
+    lin = select_targets(layer, prefix, cfg.targets, cfg.ignore)
+    lin = moe.drop_routers(layer, prefix, lin, cfg.targets, _matches)
+    return lin + moe.select_expert_targets(layer, prefix, cfg.targets, cfg.ignore, _matches)
 
 
 def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[ActivationStore, dict]:
@@ -165,7 +184,7 @@ def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter)
     prefix = f"{s.layer_prefix}.{li}"
     layer = s.layers[li]
     with timer.stage("io"):
-        loader.load_layer(layer, s.ckpt, prefix, run.device, s.dtype)
+        loader.load_layer(layer, s.ckpt, prefix, run.device, s.dtype, s.conv)
     try:
         _prune_in_order(run, s, li, layer, prefix)
     except Exception as exc:
@@ -268,9 +287,9 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
         state.start()
     store, store_info = _open_store(cfg, s, device)
     timer = Timer(device)
-    writer = loader.OutputWriter(s.src, out, s.dtype)
+    writer = loader.OutputWriter(s.src, out, s.dtype, s.conv)
     with timer.stage("io"):
-        rest = loader.load_outside_layers(s.model, s.ckpt, s.layer_prefix, s.dtype)
+        rest = loader.load_outside_layers(s.model, s.ckpt, s.layer_prefix, s.dtype, s.conv)
         writer.write_rest(rest)
         del rest
     with timer.stage("capture"):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import moe
 from .errors import LayerError, PruneError
 
 
@@ -134,6 +135,15 @@ class LayerPlan:
         return self.staged_error is None
 
 
+def _in_features(mods: dict[str, nn.Module], name: str) -> int:
+    """Input width of a target: a Linear's ``in_features``, a fused expert parameter's last
+    dimension (``gate_up_proj[E, 2I, H]``: H; ``down_proj[E, H, I]``: I)."""
+    if name in mods:
+        return int(mods[name].in_features)
+    ename, pname = moe.expert_param(name)
+    return int(getattr(mods[ename], pname).shape[2])
+
+
 def _owner(name: str, children: list[str]) -> str | None:
     for c in children:
         if name == c or name.startswith(c + "."):
@@ -147,24 +157,45 @@ def plan_layer(
 ) -> LayerPlan:
     """Probe the layer with ``x[1, t, d]`` (a short prefix of a calibration sequence).
 
-    Groups: targets whose first call received the identical input tensor. For ``want_staged`` the
+    Groups: targets whose first call received the identical input tensor; a fused MoE expert
+    parameter (``mlp.experts.gate_up_proj``, see :mod:`ssgr.prune.moe`) is a group of its own,
+    placed where its experts module is called, and that module's output is checked against
+    ssgr's mirror of the experts loop (PruneError when it differs). For ``want_staged`` the
     ``norm1 -> attn -> norm2 -> mlp`` decomposition is derived from the call order and verified
     against ``layer(x)``; :attr:`LayerPlan.staged_error` says why it does not apply.
     """
     mods = dict(layer.named_modules())
-    first_input: dict[str, torch.Tensor] = {}
+    first_input: dict[str, object] = {}
     order: list[str] = []
     child_order: list[str] = []
     child_out: dict[str, object] = {}
     handles = []
+    lin = [n for n in targets if n in mods]
+    # fused MoE expert parameters ("mlp.experts.gate_up_proj"): one group each, at the call of
+    # their experts module, whose output is checked against ssgr's mirror (ssgr.prune.moe)
+    by_experts: dict[str, list[str]] = {}
     for n in targets:
+        if n not in mods and (ep := moe.expert_param(n)) is not None and ep[0] in mods:
+            by_experts.setdefault(ep[0], []).append(n)
+    for n in lin:
         def pre(_m, args, kw, n=n):
             if n not in first_input:
                 first_input[n] = args[0] if args else next(iter(kw.values()))
                 order.append(n)
         handles.append(mods[n].register_forward_pre_hook(pre, with_kwargs=True))
+    for ename, names in by_experts.items():
+        def epre(_m, args, kw, names=names):
+            for n in names:
+                if n not in first_input:
+                    first_input[n] = object()  # never shared with another group
+                    order.append(n)
+
+        def epost(m, args, kw, o, ename=ename):
+            moe.check_mirror(m, ename, args, kw, o)
+        handles.append(mods[ename].register_forward_pre_hook(epre, with_kwargs=True))
+        handles.append(mods[ename].register_forward_hook(epost, with_kwargs=True))
     out_of: dict[str, object] = {}
-    for n in targets:
+    for n in lin:
         handles.append(mods[n].register_forward_hook(
             lambda _m, _a, o, n=n: out_of.setdefault(n, o)))
     for cname, child in layer.named_children():
@@ -189,14 +220,16 @@ def plan_layer(
                 break
         else:
             groups.append([n])
-    plan = LayerPlan(groups=groups, in_features=[mods[g[0]].in_features for g in groups])
+    plan = LayerPlan(groups=groups, in_features=[_in_features(mods, g[0]) for g in groups])
     if not want_staged:
         plan.staged_error = "not requested"
         return plan
     children = list(child_order)
     owners = [_owner(g[0], children) for g in groups]
+    experts = moe.find_experts(layer)
     subs = [c for c in children
-            if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())]
+            if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())
+            or any(e == c or e.startswith(c + ".") for e in experts)]
     others = [c for c in children if c not in subs]
     if len(subs) != 2 or len(others) != 2 or any(o is None for o in owners):
         plan.staged_error = (

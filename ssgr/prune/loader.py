@@ -103,6 +103,92 @@ class SafetensorsCheckpoint:
         return out
 
 
+
+class KeyConversion:
+    """transformers' own checkpoint conversion, applied one decoder layer at a time.
+
+    transformers 5 builds Mixture-of-Experts layers (Qwen2-MoE, Qwen3-MoE, Mixtral, ...) with the
+    experts fused into 3-D parameters (``mlp.experts.gate_up_proj[E, 2I, H]``,
+    ``mlp.experts.down_proj[E, H, I]``), while checkpoints store them per expert
+    (``mlp.experts.0.gate_proj.weight``, Mixtral's ``block_sparse_moe.experts.0.w1.weight``) or
+    already fused. ``from_pretrained`` fuses them on load with the per-family rules of
+    ``transformers.conversion_mapping`` (``WeightConverter`` / ``WeightRenaming`` with
+    ``MergeModulelist`` and ``Concatenate``) and splits them again on save
+    (``transformers.core_model_loading.revert_weight_conversion``). This class runs exactly those
+    rules, with transformers' own functions, on the subset of keys one layer needs, so the engine
+    keeps streaming layer by layer; no key map is written here.
+
+    Args:
+        model: the meta skeleton (its classes and configs select the family's rules).
+        keys: every checkpoint key.
+    """
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            WeightConverter,
+            WeightRenaming,
+            dot_natural_key,
+            rename_source_key,
+        )
+
+        self.model = model
+        transforms = get_model_conversion_mapping(model, add_legacy=True)
+        self._renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+        self._converters = [t for t in transforms if isinstance(t, WeightConverter)]
+        #: checkpoint key -> (model key, the converter source pattern that matched or None);
+        #: in natural key order (expert 10 after expert 9), the order converters stack tensors in
+        self.target: dict[str, tuple[str, str | None]] = {}
+        for k in sorted(keys, key=dot_natural_key):
+            self.target[k] = rename_source_key(k, self._renamings, self._converters)
+        self.converted = any(p is not None or t != k for k, (t, p) in self.target.items())
+
+    def source_keys(self, prefix: str, inside: bool = True) -> list[str]:
+        """Checkpoint keys whose model key lies under ``prefix.`` (``inside``) or outside it."""
+        return [k for k, (t, _) in self.target.items()
+                if t.startswith(prefix + ".") == inside]
+
+    def convert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensors (``{checkpoint key: tensor}``) -> ``{model key: tensor}``, fusing
+        per-expert tensors with the family's ``WeightConverter``s as ``from_pretrained`` does.
+
+        Raises:
+            PruneError naming the keys when a converter cannot be applied (e.g. an expert
+            missing from the checkpoint).
+        """
+        from copy import deepcopy
+
+        by_pattern = {p: c for c in self._converters for p in c.source_patterns}
+        out: dict[str, torch.Tensor] = {}
+        pending: dict = {}
+        for k in [k for k in self.target if k in tensors]:
+            tgt, pat = self.target[k]
+            if pat is None:
+                out[tgt] = tensors[k]
+                continue
+            conv = pending.setdefault(tgt, deepcopy(by_pattern[pat]))
+            conv.add_tensor(tgt, k, pat, tensors[k])
+        for tgt, conv in pending.items():
+            try:
+                res = conv.convert(tgt, model=self.model, config=self.model.config)
+            except Exception as exc:  # noqa: BLE001 - any conversion failure names the keys
+                raise PruneError(
+                    f"cannot convert the checkpoint tensors of {tgt} with transformers' "
+                    f"conversion ({type(conv).__name__} {conv.source_patterns} -> "
+                    f"{conv.target_patterns}): {type(exc).__name__}: {exc}; is the checkpoint "
+                    "complete (every expert present) and config.json its own?") from None
+            for name, v in res.items():
+                out[name] = v[0] if isinstance(v, list) else v
+        return out
+
+    def revert(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{model key: tensor}`` -> the layout ``save_pretrained`` writes (per-expert tensors
+        split again), with ``transformers.core_model_loading.revert_weight_conversion`` (the
+        identity for families without conversion rules)."""
+        from transformers.core_model_loading import revert_weight_conversion
+
+        return revert_weight_conversion(self.model, tensors)
+
 _HEADER_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
@@ -222,14 +308,20 @@ def _materialise_buffers(mod: nn.Module, config) -> None:
 
 
 def load_outside_layers(
-    model: nn.Module, ckpt: SafetensorsCheckpoint, layer_prefix: str, dtype: torch.dtype
+    model: nn.Module, ckpt: SafetensorsCheckpoint, layer_prefix: str, dtype: torch.dtype,
+    conv: KeyConversion | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load every checkpoint tensor outside the decoder layers into ``model`` (CPU, ``dtype``).
 
-    Returns those tensors as they will be written (floating ones in ``dtype``).
+    conv: transformers' checkpoint conversion (:class:`KeyConversion`); None reads the keys as
+    they are. Returns those tensors under the model's names (floating ones in ``dtype``).
     """
-    keys = [k for k in ckpt.keys() if not k.startswith(layer_prefix + ".")]
-    tensors = ckpt.load(keys)
+    if conv is None:
+        keys = [k for k in ckpt.keys() if not k.startswith(layer_prefix + ".")]
+        tensors = ckpt.load(keys)
+    else:
+        tensors = conv.convert(ckpt.load(conv.source_keys(layer_prefix, inside=False)))
+        keys = list(tensors)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
     emb = model.get_input_embeddings()
@@ -244,12 +336,24 @@ def load_outside_layers(
 
 def load_layer(
     layer: nn.Module, ckpt: SafetensorsCheckpoint, prefix: str, device: torch.device,
-    dtype: torch.dtype,
+    dtype: torch.dtype, conv: KeyConversion | None = None,
 ) -> None:
-    """Read decoder layer ``prefix`` (e.g. ``model.layers.3``) from the shards into ``layer``."""
+    """Read decoder layer ``prefix`` (e.g. ``model.layers.3``) from the shards into ``layer``.
+
+    conv: transformers' checkpoint conversion (:class:`KeyConversion`: per-expert checkpoint
+    tensors are fused into the layer's 3-D expert parameters as ``from_pretrained`` does); None
+    reads the keys as they are.
+
+    Raises:
+        PruneError naming the layer and the missing / unexpected tensors when the checkpoint
+        does not match the model.
+    """
     want = set(layer.state_dict().keys())
-    keys = [k for k in ckpt.keys() if k.startswith(prefix + ".")]
-    sd = {k[len(prefix) + 1:]: v for k, v in ckpt.load(keys).items()}
+    if conv is None:
+        loaded = ckpt.load([k for k in ckpt.keys() if k.startswith(prefix + ".")])
+    else:
+        loaded = conv.convert(ckpt.load(conv.source_keys(prefix)))
+    sd = {k[len(prefix) + 1:]: v for k, v in loaded.items()}
     missing, extra = want - set(sd), set(sd) - want
     if missing or extra:
         raise PruneError(
@@ -306,11 +410,18 @@ class OutputWriter:
     out: Path
     dtype: torch.dtype
 
+    #: transformers' checkpoint conversion: tensors are written in the layout ``save_pretrained``
+    #: writes (:meth:`KeyConversion.revert`: MoE experts per expert); None writes model keys.
+    conv: KeyConversion | None = None
+
+    def _saved(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return tensors if self.conv is None else self.conv.revert(tensors)
+
     def write_rest(self, tensors: dict[str, torch.Tensor]) -> None:
-        save_shard(tensors, self.out / REST_SHARD)
+        save_shard(self._saved(tensors), self.out / REST_SHARD)
 
     def write_layer(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
-        save_shard(tensors, self.out / layer_shard_name(i))
+        save_shard(self._saved(tensors), self.out / layer_shard_name(i))
 
     def finish(self, num_layers: int) -> None:
         """Write the index, copy tokenizer/generation files, then config.json (last)."""

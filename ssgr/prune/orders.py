@@ -30,6 +30,7 @@ from torch import nn
 
 from ssgr.ops import HessianAccumulator
 
+from . import moe
 from .calib import CalibSequence
 from .capture import LayerKwargs
 from .config import PruneConfig
@@ -121,23 +122,61 @@ class LayerContext:
                 self.check_finite(y, i, "the layer output")
                 run.store.put(slot, i, y)
 
-    def accumulator(self, gi: int) -> HessianAccumulator | None:
-        """A fresh accumulator for Hessian group ``plan.groups[gi]`` (None for magnitude)."""
+    def accumulator(self, gi: int) -> HessianAccumulator | moe.ExpertStats | None:
+        """A fresh accumulator for Hessian group ``plan.groups[gi]`` (None for magnitude); for
+        a fused MoE expert parameter, one per expert (:class:`~ssgr.prune.moe.ExpertStats`)."""
         cfg = self.run.cfg
+        g = self.plan.groups[gi]
+        name = f"layer {self.li} module {self.prefix}.{group_name(g)}"
+        if moe.is_expert_group(g, self.mods):
+            ename, pname = moe.expert_param(g[0])
+            return moe.new_stats(self.mods[ename], pname, self.run.device, cfg.method,
+                                 f"layer {self.li} module {self.prefix}.{ename}.{pname}",
+                                 cfg.backend)
         if cfg.method == "magnitude":
             return None
-        g = self.plan.groups[gi]
         return HessianAccumulator(
             self.plan.in_features[gi], self.run.device, hessian=cfg.method == "sparsegpt",
-            name=f"layer {self.li} module {self.prefix}.{group_name(g)}", backend=cfg.backend,
+            name=name, backend=cfg.backend,
         )
 
-    def hook(self, gi: int, acc: HessianAccumulator | None,
+    def _stat_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Row indices of the statistics positions of sequence :attr:`cur` in a flattened
+        ``x[t, d]`` (an experts module's input; None: every row)."""
+        pos = self.run.seqs[self.cur].stat_positions
+        if pos is None:
+            return None
+        sel = self._sel.get(self.cur)
+        if sel is None or sel.device != x.device:
+            sel = self._sel[self.cur] = pos.to(x.device)
+        return sel
+
+    def hook(self, gi: int, acc: HessianAccumulator | moe.ExpertStats | None,
              on_input: Callable[[torch.Tensor], None] | None = None, stop: bool = False):
         """Register a forward pre-hook on group ``gi``'s first module: it feeds the module's
         input to ``acc`` (timed as "hessian" inside the enclosing pass), hands it to
-        ``on_input``, and with ``stop`` ends the pass there. Returns the hook handle."""
+        ``on_input``, and with ``stop`` ends the pass there. Returns the hook handle.
+
+        For a fused MoE expert parameter the hook sits on its experts module and feeds each
+        expert's routed inputs (``--moe-calibration all``: every token) to its accumulator
+        (:func:`ssgr.prune.moe.feed`); ``on_input`` does not apply to it (its input is not one
+        tensor)."""
         timer = self.run.timer
+        group = self.plan.groups[gi]
+        if moe.is_expert_group(group, self.mods):
+            ename, pname = moe.expert_param(group[0])
+            experts = self.mods[ename]
+            calibration = self.run.cfg.moe_calibration
+
+            def epre(_m, args, kw):
+                x, idx, _w = moe.experts_args(args, kw)
+                if acc is not None:
+                    with timer.stage("hessian"):
+                        moe.feed(acc, experts, pname, x, idx, self._stat_rows(x), calibration)
+                if stop:
+                    raise _Stop
+
+            return experts.register_forward_pre_hook(epre, with_kwargs=True)
 
         def pre(_m, args):
             x = args[0]
@@ -149,63 +188,114 @@ class LayerContext:
             if stop:
                 raise _Stop
 
-        return self.mods[self.plan.groups[gi][0]].register_forward_pre_hook(pre)
+        return self.mods[group[0]].register_forward_pre_hook(pre)
 
-    def prune_group(self, gi: int, acc: HessianAccumulator | None) -> None:
-        """Prune every module of group ``gi`` with the group's statistics; appends one
-        :class:`ModuleRecord` per module to the run's records.
+    def _stats(self, acc: HessianAccumulator | None, d: int
+               ) -> tuple[torch.Tensor | None, int | None, str | None]:
+        """``(H, dead inputs, fallback reason)`` of one accumulator under the ``--min-tokens``
+        policy: fewer than ``--min-tokens`` statistics tokens, or every input exactly zero on
+        every token, gives a reason (the module is then pruned by magnitude); H is the
+        token-averaged Hessian for SparseGPT (None otherwise).
 
         Raises:
-            ActivationError when the accumulator saw no tokens or non-finite inputs;
-            PruneError naming the module when its pruning step rejects the input.
+            ActivationError when the accumulator saw no tokens and the policy is off
+            (``--min-tokens 0``), or non-finite inputs.
         """
-        run, cfg = self.run, self.run.cfg
-        group = self.plan.groups[gi]
+        cfg = self.run.cfg
+        if cfg.method == "magnitude" or acc is None:
+            return None, None, None
+        tokens = acc.tokens
+        if cfg.min_tokens > 0 and tokens < cfg.min_tokens:
+            return None, None, (f"{tokens} calibration token(s) reached it, fewer than "
+                                f"--min-tokens {cfg.min_tokens}")
         H = None
-        dead = None
+        try:
+            if cfg.method == "sparsegpt":
+                H = acc.hessian()
+                diag = H.diagonal()
+            else:
+                diag = acc.col_sq_norms()
+        except ValueError as exc:
+            raise ActivationError(str(exc)) from None
+        dead = int((diag == 0).sum())
+        if cfg.min_tokens > 0 and dead == d:
+            return H, dead, (f"all {d} of its inputs were exactly zero on its {tokens} "
+                             "calibration token(s) (dead inputs)")
+        return H, dead, None
+
+    def _prune_matrix(self, name: str, group: str, W: torch.Tensor,
+                      acc: HessianAccumulator | None, H: torch.Tensor | None, dead: int | None,
+                      fallback: str | None) -> None:
+        """Prune ``W[r, c]`` in place (the method, or magnitude when ``fallback`` says why) and
+        append its :class:`ModuleRecord`; ``name`` is relative to the layer."""
+        run, cfg = self.run, self.run.cfg
+        full = f"{self.prefix}.{name}"
+        t1 = time.perf_counter()
+        method = cfg.method if fallback is None else "magnitude"
+        if fallback is not None:
+            log.warning("layer %d, module %s: %s; pruned by magnitude at %s instead of %s "
+                        "(--min-tokens policy)", self.li, full, fallback, run.pattern,
+                        cfg.method)
+        try:
+            res = prune_weight(W, acc if fallback is None else None, method, run.pattern,
+                               blocksize=cfg.blocksize, percdamp=cfg.percdamp, scope=cfg.scope,
+                               backend=cfg.backend, H=H if fallback is None else None)
+        except ValueError as exc:
+            raise PruneError(f"layer {self.li}, module {full}: {exc}") from None
+        W.copy_(res.weight)
+        # measured on the weight as it is written (the run's dtype), not on the mask
+        zero = float((W == 0).sum()) / W.numel()
+        flag = deviation(zero, run.pattern.fraction, int(W.shape[1]), dead)
+        if flag:
+            log.warning("layer %d, module %s: %s", self.li, full, flag)
+        run.timer.sync()
+        run.records.append(ModuleRecord(
+            name=full, layer=self.li, group=group,
+            shape=[int(W.shape[0]), int(W.shape[1])],
+            sparsity=zero, loss=res.loss,
+            damping=res.damping, tokens=acc.tokens if acc is not None else 0,
+            seconds=time.perf_counter() - t1, backend=res.backend,
+            flag=flag, dead_inputs=dead, method=method, fallback=fallback,
+        ))
+
+    def prune_group(self, gi: int, acc: HessianAccumulator | moe.ExpertStats | None) -> None:
+        """Prune every module of group ``gi`` with the group's statistics; appends one
+        :class:`ModuleRecord` per module (per expert matrix for a fused MoE parameter) to the
+        run's records. A module under the ``--min-tokens`` policy (too few tokens, or only
+        zero inputs) is pruned by magnitude at the run's pattern, with one WARNING line naming
+        it and its token count, and its record says so (``method``, ``fallback``).
+
+        Raises:
+            ActivationError when the accumulator saw no tokens (``--min-tokens 0``) or
+            non-finite inputs; PruneError naming the module when its pruning step rejects the
+            input.
+        """
+        run = self.run
+        group = self.plan.groups[gi]
+        d = self.plan.in_features[gi]
+        if moe.is_expert_group(group, self.mods):
+            ename, pname = moe.expert_param(group[0])
+            experts = self.mods[ename]
+            for e in range(acc.num_experts):
+                a = acc.accs[e] if acc.accs is not None else None
+                with run.timer.stage("hessian"):
+                    H, dead, fallback = self._stats(a, d)
+                mats = moe.expert_matrices(experts, pname, e)
+                label = f"{ename}.{e}." + "+".join(n for n, _ in mats)
+                with run.timer.stage("obs"):
+                    for mname, W in mats:
+                        self._prune_matrix(f"{ename}.{e}.{mname}", label, W, a, H, dead,
+                                           fallback)
+                if acc.accs is not None:
+                    acc.accs[e] = None  # free expert e's statistics
+            return
         # reading the result accumulates the accumulator's last gathered inputs: Hessian time
         with run.timer.stage("hessian"):
-            if cfg.method == "sparsegpt":
-                try:
-                    H = acc.hessian()
-                except ValueError as exc:
-                    raise ActivationError(str(exc)) from None
-                dead = int((H.diagonal() == 0).sum())
-            elif cfg.method == "wanda":
-                try:
-                    dead = int((acc.col_sq_norms() == 0).sum())
-                except ValueError as exc:
-                    raise ActivationError(str(exc)) from None
-        # An under-calibrated module (dead inputs, an expert few tokens reached) is pruned as
-        # the method decides and flagged below; a fallback policy (e.g. magnitude pruning for
-        # such modules) belongs here, before prune_weight, once the model-coverage issue
-        # defines it.
+            H, dead, fallback = self._stats(acc, d)
         with run.timer.stage("obs"):
             for name in group:
-                t1 = time.perf_counter()
-                W = self.mods[name].weight.data
-                try:
-                    res = prune_weight(W, acc, cfg.method, run.pattern, blocksize=cfg.blocksize,
-                                       percdamp=cfg.percdamp, scope=cfg.scope,
-                                       backend=cfg.backend, H=H)
-                except ValueError as exc:
-                    raise PruneError(f"layer {self.li}, module {self.prefix}.{name}: {exc}") \
-                        from None
-                W.copy_(res.weight)
-                # measured on the weight as it is written (the run's dtype), not on the mask
-                zero = float((W == 0).sum()) / W.numel()
-                flag = deviation(zero, run.pattern.fraction, int(W.shape[1]), dead)
-                if flag:
-                    log.warning("layer %d, module %s.%s: %s", self.li, self.prefix, name, flag)
-                run.timer.sync()
-                run.records.append(ModuleRecord(
-                    name=f"{self.prefix}.{name}", layer=self.li, group=group_name(group),
-                    shape=[int(W.shape[0]), int(W.shape[1])],
-                    sparsity=zero, loss=res.loss,
-                    damping=res.damping, tokens=acc.tokens if acc is not None else 0,
-                    seconds=time.perf_counter() - t1, backend=res.backend,
-                    flag=flag, dead_inputs=dead,
-                ))
+                self._prune_matrix(name, group_name(group), self.mods[name].weight.data, acc,
+                                   H, dead, fallback)
 
     def may_cache(self, structural: bool, in_features: int) -> bool:
         """Keep the last group's inputs (o_proj's, down_proj's) in the store, so the sub-module

@@ -88,7 +88,10 @@ class ModuleRecord:
     sparsity: achieved fraction of zero weights (from the keep mask); loss: SparseGPT's
     reconstruction loss ``sum (w - q)^2 / U_ii^2 / 2`` (None for Wanda / magnitude); damping: the
     damping fraction used (larger than ``--percdamp`` after a Cholesky retry); tokens: calibration
-    tokens in the Hessian; group: the modules sharing that Hessian.
+    tokens in the Hessian (for an MoE expert: the tokens routed to it); group: the modules
+    sharing that Hessian; method: the method that pruned it (``magnitude`` under the
+    ``--min-tokens`` policy; None in records written before the policy existed); fallback: why
+    the policy applied (too few tokens, or every input zero), None when it did not.
     """
 
     name: str
@@ -103,6 +106,8 @@ class ModuleRecord:
     backend: str
     flag: str | None = None
     dead_inputs: int | None = None
+    method: str | None = None
+    fallback: str | None = None
 
 
 #: Allowed distance of a module's zero fraction from the target (plus one weight per row).
@@ -169,6 +174,7 @@ def build_report(
             "activation_store": {**store_info, "peak_bytes": store_peak_bytes},
             "sparsity": overall_sparsity(records),
             "flagged": [r.name for r in records if r.flag],
+            "fallbacks": [r.name for r in records if r.fallback],
         },
     }
 
@@ -177,15 +183,18 @@ def format_modules(recs: list[dict]) -> list[str]:
     """Header, rule and one line per module record (``asdict`` of :class:`ModuleRecord`)."""
     width = max([len(r["name"]) for r in recs] + [6])
     head = (f"{'module':<{width}} {'shape':>11} {'sparsity':>8} {'loss':>11} {'damp':>7} "
-            f"{'tokens':>8} {'sec':>7} backend  flag")
+            f"{'tokens':>8} {'sec':>7} {'method':<9} backend  flag")
     lines = [head, "-" * len(head)]
     for r in recs:
         loss = f"{r['loss']:11.4g}" if r["loss"] is not None else f"{'-':>11}"
         damp = f"{r['damping']:7.3g}" if r["damping"] is not None else f"{'-':>7}"
         shape = f"{r['shape'][0]}x{r['shape'][1]}"
+        method = (r.get("method") or "-") + ("*" if r.get("fallback") else "")
+        notes = [n for n in (r.get("flag"), r.get("fallback") and
+                             f"magnitude fallback: {r['fallback']}") if n]
         lines.append(f"{r['name']:<{width}} {shape:>11} {r['sparsity']:8.4f} {loss} {damp} "
-                     f"{r['tokens']:8d} {r['seconds']:7.3f} {r['backend']}"
-                     + (f"  ! {r['flag']}" if r.get("flag") else ""))
+                     f"{r['tokens']:8d} {r['seconds']:7.3f} {method:<9} {r['backend']}"
+                     + (f"  ! {'; '.join(notes)}" if notes else ""))
     return lines
 
 
@@ -209,6 +218,9 @@ def format_table(report: dict) -> str:
         f"(peak {fmt_bytes(st['peak_bytes'])}, estimate {fmt_bytes(st['estimate_bytes'])}: "
         f"{st['reason']})",
     ]
+    if t.get("fallbacks"):
+        lines.append(f"WARNING: {len(t['fallbacks'])} module(s) pruned by magnitude under the "
+                     "--min-tokens policy (method *): " + ", ".join(t["fallbacks"]))
     if t.get("flagged"):
         lines.append(f"WARNING: {len(t['flagged'])} module(s) deviate from the pattern (flag "
                      "column): " + ", ".join(t["flagged"]))

@@ -217,8 +217,8 @@ def test_dead_inputs_are_flagged_and_sparsity_is_measured(tmp_path, calib_file, 
     src = tiny_model("llama", tmp_path / "m")
     _zero(src, "model.layers.1.input_layernorm.weight")  # the zeroed norm weight
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING):
-        rep = prune_model(_cfg(src, calib_file, out, sparsity="0.5"))
+    with caplog.at_level(logging.WARNING):  # --min-tokens 0: no magnitude fallback (#16)
+        rep = prune_model(_cfg(src, calib_file, out, sparsity="0.5", min_tokens=0))
     mods = {m["name"]: m for m in rep["modules"]}
     q = mods["model.layers.1.self_attn.q_proj"]
     assert q["sparsity"] == 1.0 and q["dead_inputs"] == 64 and "100.0%" in q["flag"]
