@@ -273,19 +273,24 @@ class LayerKwargs:
         self.which[t] = which
 
 
-def _check_kwargs(kw: dict[str, Any], li: int, prefix: str) -> None:
+def _check_kwargs(kw: dict[str, Any], li: int, prefix: str, model: nn.Module) -> None:
     mask = kw.get("attention_mask")
     if isinstance(mask, dict):
         mask = None  # a per-type mapping handed on as is: the layer picks its own entry
     if mask is not None and not isinstance(mask, BandMask):
+        impl = getattr(model.config, "_attn_implementation", None)
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise PruneError(
-            f"layer {li} ({prefix}.{li}): the model builds an explicit {tuple(mask.shape)} "
-            "attention mask for an unpadded sequence (a mask pattern other than causal or "
-            "sliding-window causal, e.g. a bidirectional overlay); ssgr runs attention without "
-            "a materialised t x t mask, so this configuration is not supported")
+            f"layer {li} ({prefix}.{li}): {type(model).__name__} passes an explicit {shape} "
+            f"attention mask to its decoder layers for an unpadded sequence (attention "
+            f"implementation {impl!r}): its mask is not causal or sliding-window causal (e.g. "
+            "a bidirectional overlay), or the family builds masks in its own attention code; "
+            "ssgr runs attention without a materialised t x t mask, so this model is not "
+            "supported (prune it with llm-compressor's oneshot, or a family listed in the "
+            "README's compatibility table)")
     if kw.get("past_key_values") is not None:
-        raise PruneError("the model passes a KV cache to its layers with use_cache=False; it is "
-                         "not supported")
+        raise PruneError(f"{type(model).__name__} passes a KV cache to its layers with "
+                         "use_cache=False; it is not supported")
 
 
 @torch.no_grad()
@@ -359,7 +364,7 @@ def capture(
                 raise PruneError(f"the model's forward ran {len(got)} of its {n} decoder layers "
                                  f"({prefix}); it is not supported")
             for li in range(n):
-                _check_kwargs(got[li], li, prefix)
+                _check_kwargs(got[li], li, prefix, model)
             kwargs.add(s.tokens, [got[li] for li in range(n)], kw_dev)
             if keep_hidden:
                 store.put("in", i, box["x"].to(dtype))

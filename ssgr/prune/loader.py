@@ -168,13 +168,24 @@ def resolve_dtype(name: str, config, ckpt: SafetensorsCheckpoint | None = None) 
 
 
 def load_config(folder: Path):
-    """The folder's ``config.json`` as a transformers ``PretrainedConfig``.
+    """The folder's ``config.json`` as a transformers ``PretrainedConfig``, after the early
+    family check (:func:`ssgr.models.checks.prune_support`).
 
     Raises:
-        PruneError when it is missing or unreadable.
+        PruneError when it is missing or unreadable, or names a model ssgr cannot prune (the
+        reason and the fix).
     """
     from transformers import AutoConfig
 
+    from ssgr.models.checks import prune_support
+
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PruneError(f"cannot read {folder}/config.json: {exc}") from None
+    why = prune_support(raw) if isinstance(raw, dict) else None
+    if why:
+        raise PruneError(f"{folder}: {why}")
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -202,17 +213,46 @@ def build_skeleton(folder: Path, dtype: torch.dtype, config=None) -> nn.Module:
 
     if config is None:
         config = load_config(folder)
-    attn = register_attention()
+    attn = register_attention() if _uses_attention_interface(config) else "sdpa"
     with torch.device("meta"):
         try:
             model = AutoModelForCausalLM.from_config(config, attn_implementation=attn,
                                                      dtype=dtype)
         except ValueError as exc:
+            if "scaled_dot_product_attention" in str(exc):
+                import transformers
+
+                cls = str(exc).split(" ", 1)[0]
+                raise PruneError(
+                    f"{folder}: {cls} (model_type {config.model_type!r}) has no SDPA attention "
+                    f"in transformers {transformers.__version__}; ssgr runs attention through "
+                    "SDPA (or its own blocked form), so this family is not supported") from None
             raise PruneError(f"{folder}: not a supported causal LM ({exc})") from None
         _, layers = find_decoder_layers(model)
         for layer in layers:
             linearise_conv1d(layer)
     return model.eval()
+
+
+def _uses_attention_interface(config) -> bool:
+    """Does the config's causal-LM class compute attention through transformers'
+    ``ALL_ATTENTION_FUNCTIONS`` (so ssgr's registered implementation is used)? Families with
+    their own per-implementation attention classes or ``== "sdpa"`` branches (Falcon and other
+    older ports) are built with plain ``"sdpa"`` instead: an unknown name there would select
+    their eager path or fail."""
+    import inspect
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+        src = inspect.getsource(sys.modules[cls.__module__])
+    except (KeyError, OSError, TypeError, ValueError):
+        return False
+    legacy = ('_attn_implementation == "sdpa"' in src or "_ATTENTION_CLASSES[" in src
+              or '_attn_implementation != "sdpa"' in src)
+    return "ALL_ATTENTION_FUNCTIONS" in src and not legacy
 
 
 def _materialise_buffers(mod: nn.Module, config, init=None) -> None:

@@ -180,6 +180,18 @@ def _in_features(mod: nn.Module, transposed: bool) -> int:
     return int(mod.weight.shape[0] if transposed else mod.weight.shape[1])
 
 
+def compare_state(ref_model: nn.Module, out_dir: Path, atol: float = 2e-5) -> None:
+    """Every tensor of the pruned directory ``out_dir`` equals the reference model's (``atol``,
+    rtol 1e-4), and the output really is pruned (a decoder weight with zeros)."""
+    got = state(out_dir)
+    ref_sd = ref_model.state_dict()
+    assert set(got) <= set(ref_sd), set(got) - set(ref_sd)
+    for k, v in got.items():
+        torch.testing.assert_close(v, ref_sd[k], atol=atol, rtol=1e-4, msg=k)
+    assert any(v.dim() == 2 and float((v == 0).float().mean()) >= 0.45 for k, v in got.items()
+               if ".0." in k)
+
+
 def run_cli(args: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     """``python -m ssgr.prune ARGS`` in a subprocess."""
     e = {**os.environ, **(env or {})}
