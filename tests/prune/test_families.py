@@ -196,3 +196,19 @@ def test_unsupported_families_refused_early(tmp_path):
 
 def test_registered_attention_name():
     assert register_attention() == ATTENTION
+
+
+@pytest.mark.compat(family="gpt2", order="layer", method="sparsegpt")
+def test_gpt2_oneshot_equals_engine_dense_propagation(tmp_path, family_dirs):
+    """The in-memory one-shot path prunes GPT-2's Conv1D projections as the engine does."""
+    from ssgr.prune.oneshot import prune_oneshot
+
+    src = family_dirs("gpt2")
+    calib = random_calib(tmp_path / "c.jsonl", [30, 12])
+    prune_model(PruneConfig(model=str(src), calib=str(calib), out=str(tmp_path / "o"),
+                            sparsity="2:4", sequential="layer", propagate="dense",
+                            device="cpu"))
+    ref = load(src)
+    recs = prune_oneshot(ref, read_calib(calib), parse_pattern("2:4"))
+    assert len(recs) == 8 and recs[0].shape == [96, 32]
+    compare_state(ref, tmp_path / "o", atol=1e-4)
