@@ -98,6 +98,23 @@ def band_mask(
                      allow_is_causal_skip=allow_is_causal_skip, **kwargs)
 
 
+def block_rows(b: int, h: int, t: int, window: int | None, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per block of :func:`blocked_attention`: the most rows ``r`` whose fp32 scores
+    ``b x h x r x keys`` fit ``block_bytes``, where a block sees ``keys = r + window - 1`` keys
+    with a window and up to ``t`` without; at least 16 (then the bound is exceeded only for
+    ``16 x keys``), at most ``t``."""
+    unit = 4 * b * h  # bytes per score row entry over batch and heads
+    cap = max(1, block_bytes // unit)
+    if window is None or window >= t:
+        rows = cap // t
+    else:  # rows * (rows + window - 1) <= cap
+        span = window - 1
+        rows = int((-span + math.sqrt(span * span + 4 * cap)) // 2)
+        while rows > 0 and rows * (rows + span) > cap:
+            rows -= 1
+    return max(1, min(t, max(16, rows)))
+
+
 def blocked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
     window: int | None = None, softcap: float | None = None,
@@ -121,11 +138,7 @@ def blocked_attention(
     """
     b, h, t, d = query.shape
     rep = h // key.shape[1]
-    span = t if window is None or mask is not None else min(t, window)
-    per_row = 4 * b * h * (span + 1)
-    block = max(16, block_bytes // per_row - span) if window is not None else \
-        max(16, block_bytes // (4 * b * h * t))
-    block = min(block, t)
+    block = block_rows(b, h, t, None if mask is not None else window, block_bytes)
     out = torch.empty_like(query)
     for i0 in range(0, t, block):
         i1 = min(t, i0 + block)

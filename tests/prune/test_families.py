@@ -6,6 +6,8 @@ naive whole-model reference (tests/prune/_prune_helpers.py)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from _prune_helpers import (
@@ -18,7 +20,13 @@ from _prune_helpers import (
     tiny_model,
 )
 
-from ssgr.prune.capture import ATTENTION, BandMask, blocked_attention, register_attention
+from ssgr.prune.capture import (
+    ATTENTION,
+    BandMask,
+    block_rows,
+    blocked_attention,
+    register_attention,
+)
 from ssgr.prune.engine import PruneConfig, prune_model
 from ssgr.prune.errors import PruneError
 from ssgr.prune.orders import ModuleOrderError
@@ -150,8 +158,14 @@ def test_blocked_attention_blocks_bound_the_scores():
             s = torch.tanh(s / softcap) * softcap
         want = torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ vv
         got = blocked_attention(q, k, v, 0.3, window=window, softcap=softcap,
-                                block_bytes=4 * 4 * 20 * 16)  # 16-query blocks
+                                block_bytes=4 * 4 * 26 * 16)  # 16-query blocks
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the block's fp32 scores stay within the bound: 32k tokens through a 4096-token window, 32
+    # heads, 64 MiB
+    r = block_rows(1, 32, 32768, 4096)
+    assert 16 < r < 4096 and 4 * 32 * r * (r + 4095) <= 64 * 2**20
+    assert 4 * 32 * (r + 1) * (r + 4096) > 64 * 2**20  # and are as large as it allows
+    assert block_rows(1, 32, 32768, None) == 16  # global layers: 16 rows x 32k keys
 
 
 def test_module_order_refuses_parallel_residual_layers(tmp_path):
@@ -212,3 +226,41 @@ def test_gpt2_oneshot_equals_engine_dense_propagation(tmp_path, family_dirs):
     recs = prune_oneshot(ref, read_calib(calib), parse_pattern("2:4"))
     assert len(recs) == 8 and recs[0].shape == [96, 32]
     compare_state(ref, tmp_path / "o", atol=1e-4)
+
+
+def test_compat_table_lists_only_passing_tests(tmp_path):
+    """benchmarks/compat_table.py: a combination is "tested" only when a test that runs it
+    passes; a failing compat test leaves the README unchanged (exit 1)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compat_table.py"
+    tests = tmp_path / "t"
+    tests.mkdir()
+    (tests / "test_x.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.compat(family='fam_a', order='layer', method='wanda')\n"
+        "def test_a(): pass\n"
+        "@pytest.mark.compat(family='fam_b', order='module', method='sparsegpt')\n"
+        "def test_b(): assert os.environ.get('B_OK') == '1'\n"
+        "def test_unmarked(): raise AssertionError('not run: not marked')\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- compat-table:start -->\nold\n<!-- compat-table:end -->\ny\n")
+
+    def run(env):
+        return subprocess.run([sys.executable, str(script), "--readme", str(readme), "--tests",
+                               str(tests), "--", "-W", "ignore::pytest.PytestUnknownMarkWarning"],
+                              capture_output=True, text=True, env={**os.environ, **env})
+    r = run({"B_OK": "0"})
+    assert r.returncode == 1 and "test_b" in r.stderr
+    assert "old" in readme.read_text()
+    r = run({"B_OK": "1"})
+    assert r.returncode == 0, r.stderr
+    text = readme.read_text()
+    assert text.startswith("x\n<!-- compat-table:start -->\n| family") and text.endswith(
+        "<!-- compat-table:end -->\ny\n")
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| fam")}
+    assert rows["| fam_a"].count("tested") == 1 and rows["| fam_b"].count("tested") == 1
+    assert rows["| fam_a"].split(" | ")[2] == "tested"  # layer: wanda
+    assert rows["| fam_b"].split(" | ")[4].strip(" |") == "tested"  # module: sparsegpt
