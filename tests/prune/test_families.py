@@ -42,7 +42,7 @@ SMALL = {"hidden_size": 32, "intermediate_size": 64}
 FAMILIES = {
     "gemma2": ("gemma2", {}),  # layer 0 sliding (window 16), layer 1 global, softcap 5
     "gemma3_text": ("gemma3_text", {"layer_types": ["sliding_attention", "full_attention"]}),
-    "phi3": ("phi3", {}),
+    "phi3": ("phi3", {"sliding_window": 16}),  # Phi-3-mini-4k has a 2047-token window
     "olmo2": ("olmo2", {}),
     "gpt2": ("gpt2", {}),
     "mistral": ("mistral", {"sliding_window": 12}),  # every sequence but one is longer
