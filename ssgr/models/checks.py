@@ -215,3 +215,32 @@ def check_model_dir(path: str | Path, *, need_weights: bool = True,
         raise ModelDirError(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
                             "copy the tokenizer files of the model into it")
     return info
+
+
+def prune_support(config: dict) -> str | None:
+    """Why ``ssgr prune`` cannot prune a model of this ``config.json`` (a dict), or None.
+
+    Read from the config alone, before any weight or calibration line is read: a quantized
+    checkpoint (``quantization_config``), an encoder-decoder (``is_encoder_decoder``), a
+    multimodal wrapper (``text_config`` with a vision or audio config). Families whose
+    attention ssgr cannot run are refused later with their module class (building the skeleton,
+    :func:`ssgr.prune.loader.build_skeleton`; capture, :mod:`ssgr.prune.capture`). Each reason
+    names what was found and the fix.
+    """
+    mt = config.get("model_type", "?")
+    arch = ", ".join(config.get("architectures") or []) or mt
+    q = config.get("quantization_config")
+    if isinstance(q, dict) and q:
+        method = q.get("quant_method", "unknown")
+        return (f"{arch} (model_type {mt!r}) is a quantized checkpoint (quantization_config: "
+                f"quant_method {method!r}); ssgr prunes dense floating-point weights: prune the "
+                "unquantized model, then quantize")
+    if config.get("is_encoder_decoder"):
+        return (f"{arch} (model_type {mt!r}) is an encoder-decoder model; ssgr prunes "
+                "decoder-only causal LMs (AutoModelForCausalLM)")
+    if isinstance(config.get("text_config"), dict) and any(
+            isinstance(config.get(k), dict) for k in ("vision_config", "audio_config")):
+        text = config["text_config"].get("model_type", "its text model")
+        return (f"{arch} (model_type {mt!r}) is a multimodal model; ssgr prunes text-only causal "
+                f"LMs: save its language model ({text}) with save_pretrained and prune that")
+    return None

@@ -136,15 +136,6 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
         cfg.calib, vocab_size=int(conf.vocab_size), max_tokens=min(int(ctx), MAX_TOKENS),
         tokenize=model_tokenizer(src), max_sequences=cfg.max_sequences,
     )
-    longest = max(q.tokens for q in seqs)
-    for name, mod in model.named_modules():
-        win = getattr(mod, "sliding_window", None)
-        if isinstance(win, int) and win > 0 and longest > win:
-            raise PruneError(
-                f"{name} uses a sliding window of {win} tokens but a calibration sequence has "
-                f"{longest}; SDPA's causal flag cannot express the window: keep sequences "
-                f"<= {win} tokens"
-            )
     return _Setup(src, plan, fp, dtype, model, layer_prefix, layers, ckpt, targets, seqs, conv)
 
 
@@ -183,6 +174,7 @@ def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter)
     timer, store = run.timer, run.store
     prefix = f"{s.layer_prefix}.{li}"
     layer = s.layers[li]
+    run.kwargs.layer = li
     with timer.stage("io"):
         loader.load_layer(layer, s.ckpt, prefix, run.device, s.dtype, s.conv)
     try:

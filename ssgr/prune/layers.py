@@ -39,6 +39,54 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda nm: len(nm[1]))
 
 
+class Conv1DLinear(nn.Linear):
+    """An ``nn.Linear`` standing in for a transformers ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``,
+    ``c_fc``, ``mlp.c_proj``): ``Conv1D`` computes ``x @ W + b`` with ``W[in, out]``; this module
+    holds ``W.T[out, in]`` as its weight and computes the same map, so the engine prunes it as a
+    linear map (rows = outputs, columns = the inputs the Hessian ``X^T X`` is taken over). Its
+    ``state_dict`` and ``load_state_dict`` use the checkpoint's ``[in, out]`` layout, so the
+    shards it reads and writes are GPT-2's own."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.register_load_state_dict_pre_hook(Conv1DLinear._load_transposed)
+        self.register_state_dict_post_hook(Conv1DLinear._save_transposed)
+
+    @staticmethod
+    def _load_transposed(module, state_dict, prefix, *_args) -> None:
+        w = state_dict.get(prefix + "weight")
+        if w is not None and tuple(w.shape) == (module.in_features, module.out_features):
+            state_dict[prefix + "weight"] = w.t().contiguous()
+
+    @staticmethod
+    def _save_transposed(_module, state_dict, prefix, _local_metadata) -> None:
+        key = prefix + "weight"
+        if key in state_dict:
+            state_dict[key] = state_dict[key].t().contiguous()
+
+
+def linearise_conv1d(layer: nn.Module) -> list[str]:
+    """Replace every transformers ``Conv1D`` inside ``layer`` by a :class:`Conv1DLinear` of the
+    same map (on the same device and dtype; weights are not copied: call it on a meta skeleton
+    before loading). Returns the replaced names."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # a transformers without Conv1D has no such layers
+        return []
+    done = []
+    for name, m in list(layer.named_modules()):
+        if not isinstance(m, Conv1D):
+            continue
+        nx, nf = m.weight.shape
+        new = Conv1DLinear(nx, nf, bias=m.bias is not None, device=m.weight.device,
+                           dtype=m.weight.dtype)
+        parent, _, leaf = name.rpartition(".")
+        setattr(layer.get_submodule(parent) if parent else layer, leaf, new)
+        done.append(name)
+    return done
+
+
 def _matches(pattern: str, full: str, local: str) -> bool:
     if pattern.startswith("re:"):
         return re.search(pattern[3:], full) is not None
@@ -262,6 +310,138 @@ def plan_layer(
             and out_of.get(last[0]) is layer_output(child_out[sub])
         )
     return plan
+
+
+#: Tokens of the first sequence that probe a layer's decomposition (:func:`stage_layer`).
+STAGE_PROBE_TOKENS = 32
+
+
+@dataclass
+class Stages:
+    """A decoder layer as two residual sub-layers, for ``--sequential module``::
+
+        x2 = x + post1(attn(pre1(x), **kwargs));  y = x2 + post2(mlp(pre2(x2)))
+
+    attn / mlp: the child names holding the Linear modules; pre1, post1, pre2, post2: the
+    parameter-free or normalisation children applied around them, in call order (Llama:
+    ``pre1 = [input_layernorm]``, ``pre2 = [post_attention_layernorm]``; Gemma2/3 add
+    ``post1 = [post_attention_layernorm]``, ``post2 = [post_feedforward_layernorm]``; OLMo2 has
+    only post-norms; Phi-3's ``resid_*_dropout`` are post1 / post2 and identities in eval mode).
+    cache_last: per sub-layer, whether the output of its last Hessian group's module *is* the
+    sub-layer's output (so that module's cached input may stand in for re-running it).
+    """
+
+    attn: str
+    mlp: str
+    pre1: list[str]
+    post1: list[str]
+    pre2: list[str]
+    post2: list[str]
+    cache_last: dict[str, bool] = field(default_factory=dict)
+
+    def chain(self, layer: nn.Module, names: list[str], x: torch.Tensor) -> torch.Tensor:
+        """``x`` through the children ``names`` in order."""
+        for n in names:
+            x = layer_output(getattr(layer, n)(x))
+        return x
+
+
+class StageError(PruneError):
+    """A layer that is not two residual sub-layers (see :class:`Stages`); the message says why."""
+
+
+@torch.no_grad()
+def stage_layer(layer: nn.Module, groups: list[list[str]], x: torch.Tensor,
+                kwargs: dict) -> Stages:
+    """Derive the :class:`Stages` of ``layer`` from a probe ``x[1, t, d]`` (with the layer's
+    keyword arguments for ``t`` tokens) and check them numerically against ``layer(x)``.
+
+    Children are recorded in call order with their input and output tensors: the two children
+    that hold Linear modules are attention then MLP; a child between them whose input is the
+    attention's output (or the previous such child's) is a post-norm, else a pre-norm of the
+    MLP; likewise after the MLP. Dropout children are identities (eval mode).
+
+    Raises:
+        StageError naming the layer class, the call order and the reason when the layer does
+        not have this form or its forward differs from the decomposition (tolerance
+        ``1e-3 * max|y| + 1e-5``, relative ``1e-3``).
+    """
+    cls = type(layer).__name__
+    order: list[str] = []
+    c_in: dict[str, object] = {}
+    c_out: dict[str, object] = {}
+    g_out: dict[str, object] = {}
+    mods = dict(layer.named_modules())
+    handles = []
+    for cname, child in layer.named_children():
+        def pre(_m, args, kw, c=cname):
+            if c not in c_in:
+                order.append(c)
+                c_in[c] = args[0] if args else kw.get("hidden_states",
+                                                       next(iter(kw.values()), None))
+        handles.append(child.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(child.register_forward_hook(
+            lambda _m, _a, o, c=cname: c_out.setdefault(c, o)))
+    for g in groups:
+        if g[-1] in mods:  # MoE expert targets are slices of a fused parameter, not modules
+            handles.append(mods[g[-1]].register_forward_hook(
+                lambda _m, _a, o, n=g[-1]: g_out.setdefault(n, o)))
+    try:
+        ref = layer_output(layer(x, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    def holds(c: str) -> bool:  # Linear modules, or targets (fused MoE experts hold no Linear)
+        return (any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())
+                or any(g[0].startswith(c + ".") for g in groups))
+
+    subs = [c for c in order if holds(c)]
+    what = f"{cls} (children in call order: {order})"
+    if len(subs) != 2:
+        raise StageError(f"{what} does not have exactly two children holding Linear modules "
+                         f"(attention, MLP): {subs}")
+    attn, mlp = subs
+    for g in groups:
+        if not any(g[0] == c or g[0].startswith(c + ".") for c in subs):
+            raise StageError(f"{what}: module {g[0]} is outside the attention and the MLP")
+    for c in order:
+        if c in subs:
+            continue
+        if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules()):
+            raise StageError(f"{what}: child {c} holds Linear modules")
+    ia, im = order.index(attn), order.index(mlp)
+    pre1, post1, pre2, post2 = order[:ia], [], [], []
+    last = layer_output(c_out[attn])
+    for c in order[ia + 1:im]:
+        if c_in[c] is last and not pre2:
+            post1.append(c)
+            last = layer_output(c_out[c])
+        else:
+            pre2.append(c)
+    last = layer_output(c_out[mlp])
+    for c in order[im + 1:]:
+        if c_in[c] is not last:
+            raise StageError(f"{what}: child {c} after the MLP does not take the MLP's output")
+        post2.append(c)
+        last = layer_output(c_out[c])
+    st = Stages(attn, mlp, pre1, post1, pre2, post2)
+    h = st.chain(layer, post1, layer_output(getattr(layer, attn)(st.chain(layer, pre1, x),
+                                                                   **kwargs)))
+    x2 = x + h
+    y = x2 + st.chain(layer, post2, layer_output(getattr(layer, mlp)(st.chain(layer, pre2, x2))))
+    if bool(torch.isfinite(ref).all()):  # NaN/Inf is reported later, naming the module
+        tol = 1e-3 * float(ref.abs().max()) + 1e-5
+        if not torch.allclose(y.float(), ref.float(), atol=tol, rtol=1e-3):
+            err = float((y.float() - ref.float()).abs().max())
+            raise StageError(
+                f"{what}'s forward differs from x + post1(attn(pre1(x))) -> + post2(mlp(pre2("
+                f"x2))) with pre1={pre1}, post1={post1}, pre2={pre2}, post2={post2} (max "
+                f"difference {err:.3g})")
+    for sub in (attn, mlp):
+        own = [g for g in groups if g[0].startswith(sub + ".")]
+        st.cache_last[sub] = bool(own and len(own[-1]) == 1 and g_out.get(own[-1][0])
+                                  is layer_output(c_out[sub]))
+    return st
 
 
 def forward_error(exc: BaseException, layer: nn.Module, li: int, prefix: str) -> LayerError | None:

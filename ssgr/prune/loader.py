@@ -254,13 +254,24 @@ def resolve_dtype(name: str, config, ckpt: SafetensorsCheckpoint | None = None) 
 
 
 def load_config(folder: Path):
-    """The folder's ``config.json`` as a transformers ``PretrainedConfig``.
+    """The folder's ``config.json`` as a transformers ``PretrainedConfig``, after the early
+    family check (:func:`ssgr.models.checks.prune_support`).
 
     Raises:
-        PruneError when it is missing or unreadable.
+        PruneError when it is missing or unreadable, or names a model ssgr cannot prune (the
+        reason and the fix).
     """
     from transformers import AutoConfig
 
+    from ssgr.models.checks import prune_support
+
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PruneError(f"cannot read {folder}/config.json: {exc}") from None
+    why = prune_support(raw) if isinstance(raw, dict) else None
+    if why:
+        raise PruneError(f"{folder}: {why}")
     try:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as exc:
@@ -269,26 +280,81 @@ def load_config(folder: Path):
 
 def build_skeleton(folder: Path, dtype: torch.dtype, config=None) -> nn.Module:
     """``AutoModelForCausalLM`` from the folder's config (or ``config``, read once by the
-    caller with :func:`load_config`) on the meta device, SDPA attention, parameters in ``dtype``.
+    caller with :func:`load_config`) on the meta device, parameters in ``dtype``.
+
+    Attention runs through ssgr's registered implementation (:data:`ssgr.prune.capture.ATTENTION`:
+    SDPA with the causal flag, sliding windows and soft-capping in blocks, never a ``t x t``
+    mask). transformers ``Conv1D`` projections of the decoder layers (GPT-2: weight stored
+    ``[in, out]``) are replaced by :class:`~ssgr.prune.layers.Conv1DLinear`, an ``nn.Linear``
+    that reads and writes the checkpoint's ``[in, out]`` layout, so they are pruned as linear
+    maps ``[out, in]`` like every other projection.
 
     Raises:
         PruneError when the config is unreadable or not a supported causal LM.
     """
     from transformers import AutoModelForCausalLM
 
+    from .capture import register_attention
+    from .layers import find_decoder_layers, linearise_conv1d
+
     if config is None:
         config = load_config(folder)
+    attn = register_attention() if _uses_attention_interface(config) else "sdpa"
     with torch.device("meta"):
         try:
-            model = AutoModelForCausalLM.from_config(
-                config, attn_implementation="sdpa", dtype=dtype)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn,
+                                                     dtype=dtype)
         except ValueError as exc:
+            if "scaled_dot_product_attention" in str(exc):
+                import transformers
+
+                cls = str(exc).split(" ", 1)[0]
+                raise PruneError(
+                    f"{folder}: {cls} (model_type {config.model_type!r}) has no SDPA attention "
+                    f"in transformers {transformers.__version__}; ssgr runs attention through "
+                    "SDPA (or its own blocked form), so this family is not supported") from None
             raise PruneError(f"{folder}: not a supported causal LM ({exc})") from None
+        _, layers = find_decoder_layers(model)
+        for layer in layers:
+            linearise_conv1d(layer)
     return model.eval()
 
 
-def _materialise_buffers(mod: nn.Module, config) -> None:
-    """Re-create a module whose non-persistent buffers are on meta (rotary embeddings) on CPU."""
+def _uses_attention_interface(config) -> bool:
+    """Does the config's causal-LM class compute attention through transformers'
+    ``ALL_ATTENTION_FUNCTIONS`` (so ssgr's registered implementation is used)? Families with
+    their own per-implementation attention classes or ``== "sdpa"`` branches (Falcon and other
+    older ports) are built with plain ``"sdpa"`` instead: an unknown name there would select
+    their eager path or fail."""
+    import inspect
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    try:
+        cls = AutoModelForCausalLM._model_mapping[type(config)]
+        src = inspect.getsource(sys.modules[cls.__module__])
+    except (KeyError, OSError, TypeError, ValueError):
+        return False
+    legacy = ('_attn_implementation == "sdpa"' in src or "_ATTENTION_CLASSES[" in src
+              or '_attn_implementation != "sdpa"' in src)
+    return "ALL_ATTENTION_FUNCTIONS" in src and not legacy
+
+
+def _materialise_buffers(mod: nn.Module, config, init=None) -> None:
+    """Re-create on CPU the non-persistent buffers still on meta (rotary tables, Gemma's
+    embedding scale) of the modules outside the decoder layers, once their parameters are loaded.
+
+    A module built from the config (rotary embeddings) is built again on CPU; any other one gets
+    its buffers from the model's own ``_init_weights`` (``init``, the top-level model's, as
+    transformers' ``from_pretrained`` does), its loaded parameters marked initialised so they
+    are kept.
+
+    Raises:
+        PruneError naming the module when a buffer cannot be re-created.
+    """
+    if init is None:
+        init = getattr(mod, "_init_weights", None)
     for name, child in list(mod.named_children()):
         metas = [b for b in child.buffers(recurse=False) if b.is_meta]
         has_meta_params = any(p.is_meta for p in child.parameters(recurse=False))
@@ -297,14 +363,30 @@ def _materialise_buffers(mod: nn.Module, config) -> None:
             try:
                 with torch.device("cpu"):
                     new = type(child)(config=cfg)
-            except TypeError as exc:
+            except TypeError:
+                new = None
+            if new is not None:
+                setattr(mod, name, new)
+                continue
+            if init is None:
                 raise PruneError(
                     f"cannot materialise buffers of {name} ({type(child).__name__}): it is not "
-                    f"built from a config ({exc}); this model family is not supported"
-                ) from None
-            setattr(mod, name, new)
+                    "built from a config and the model has no _init_weights; this model family "
+                    "is not supported")
+            for bname, b in list(child.named_buffers(recurse=False)):
+                if b.is_meta:
+                    setattr(child, bname, torch.empty_like(b, device="cpu"))
+            for p in child.parameters(recurse=False):
+                p._is_hf_initialized = True
+            with torch.no_grad():
+                init(child)
+            left = [bn for bn, b in child.named_buffers(recurse=False) if b.is_meta]
+            if left:
+                raise PruneError(
+                    f"cannot materialise buffers {left} of {name} ({type(child).__name__}); "
+                    "this model family is not supported")
         else:
-            _materialise_buffers(child, config)
+            _materialise_buffers(child, config, init)
 
 
 def load_outside_layers(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssgr.compat._layers import _conv1d_type, layer_kind, weight_2d, write_weight_2d
 from ssgr.ops import HessianAccumulator
 
 from .errors import PruneError
@@ -27,9 +28,10 @@ from .report import ModuleRecord, format_modules
 log = logging.getLogger(__name__)
 
 
-def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Linear]]:
-    """``{qualified name: (layer index, Linear)}`` for every nn.Linear inside the model's decoder
-    layers.
+def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Module]]:
+    """``{qualified name: (layer index, module)}`` for every linear map inside the model's decoder
+    layers: ``nn.Linear`` and transformers ``Conv1D`` (GPT-2; weight stored ``[in, out]``, pruned
+    as ``W.T``, see :mod:`ssgr.compat._layers`).
 
     Decoder layers are the entries of the longest ``nn.ModuleList`` in the model (for HF causal
     LMs: ``model.layers``); embeddings and ``lm_head`` are never included.
@@ -41,13 +43,16 @@ def find_decoder_linears(model: nn.Module) -> dict[str, tuple[int, nn.Linear]]:
             "whose layers live in a ModuleList (e.g. model.model.layers)"
         )
     prefix, layers = max(lists, key=lambda nm: len(nm[1]))
+    conv1d = _conv1d_type()
+    kinds = (nn.Linear,) + ((conv1d,) if conv1d is not None else ())
     out = {}
     for i, layer in enumerate(layers):
         for n, mod in layer.named_modules():
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, kinds):
                 out[f"{prefix}.{i}.{n}"] = (i, mod)
     if not out:
-        raise PruneError(f"no nn.Linear found inside {prefix} of {type(model).__name__}")
+        raise PruneError(f"no nn.Linear or transformers Conv1D found inside {prefix} of "
+                         f"{type(model).__name__}")
     return out
 
 
@@ -76,10 +81,12 @@ def prune_oneshot(
         raise PruneError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     found = find_decoder_linears(model)
     targets = {n: mod for n, (_, mod) in found.items()}
+    kinds = {n: layer_kind(mod, n) for n, mod in targets.items()}
     device = next(model.parameters()).device
     accs = {
         n: HessianAccumulator(
-            mod.in_features, device, hessian=method == "sparsegpt", name=n, backend=backend
+            weight_2d(mod, kinds[n]).shape[1], device, hessian=method == "sparsegpt", name=n,
+            backend=backend,
         )
         for n, mod in targets.items()
     }
@@ -98,11 +105,11 @@ def prune_oneshot(
     reports = []
     for n, mod in tqdm(targets.items(), desc=f"{method} {pattern}", unit="module", leave=False):
         t0 = time.perf_counter()
-        W = mod.weight.data
+        W = weight_2d(mod, kinds[n])  # [out, in]
         res = prune_weight(
             W, accs[n], method, pattern, blocksize=blocksize, percdamp=percdamp, backend=backend
         )
-        W.copy_(res.weight)
+        write_weight_2d(mod, kinds[n], res.weight)
         reports.append(
             ModuleRecord(
                 name=n,

@@ -32,10 +32,19 @@ from ssgr.ops import HessianAccumulator
 
 from . import moe
 from .calib import CalibSequence
-from .capture import LayerKwargs
+from .capture import LayerKwargs, slice_kwargs
 from .config import PruneConfig
 from .errors import ActivationError, PruneError
-from .layers import LayerPlan, _Stop, group_name, layer_output
+from .layers import (
+    STAGE_PROBE_TOKENS,
+    LayerPlan,
+    StageError,
+    Stages,
+    _Stop,
+    group_name,
+    layer_output,
+    stage_layer,
+)
 from .methods import prune_weight
 from .pattern import Pattern
 from .report import ModuleRecord, Timer, deviation
@@ -362,28 +371,45 @@ class LayerOrder:
 
 
 class ModuleOrder:
-    """``--sequential module``: per sub-module (attention, then MLP) and per Hessian group, a pass
+    """``--sequential module``: per sub-layer (attention, then MLP) and per Hessian group, a pass
     that stops at the group's first module, then the group is pruned; a last pass through the
-    pruned sub-module adds its residual (from the cached input of its last group when allowed)."""
+    pruned sub-layer adds its residual (from the cached input of its last group when allowed).
+
+    The layer is split by :func:`~ssgr.prune.layers.stage_layer` (pre-norms, post-norms and
+    dropouts around attention and MLP, checked numerically on a probe of the first sequence);
+    a layer it cannot split is refused with the reason (:class:`ModuleOrderError`), never run
+    in another order silently.
+    """
 
     name = "module"
-    staged = True
+    #: ModuleOrder derives its own decomposition (:func:`~ssgr.prune.layers.stage_layer`).
+    staged = False
 
     def prune_layer(self, ctx: LayerContext) -> None:
-        plan, layer = ctx.plan, ctx.layer
-        if ctx.run.cfg.propagate == "dense":
+        run, plan, layer = ctx.run, ctx.plan, ctx.layer
+        t = min(STAGE_PROBE_TOKENS, run.seqs[0].tokens)
+        x0 = run.store.get("in", 0)[:, :t]
+        kw0 = slice_kwargs(run.kwargs(0), t, run.seqs[0].tokens)
+        try:
+            st = stage_layer(layer, plan.groups, x0, kw0)
+        except StageError as exc:
+            raise ModuleOrderError(
+                f"layer {ctx.li} ({ctx.prefix}): --sequential module cannot split this layer: "
+                f"{exc}; use --sequential layer") from None
+        if run.cfg.propagate == "dense":
             ctx.forward_all("out")
-        self._sub_stage(ctx, plan.attn, getattr(layer, plan.norm1), call_kwargs=True)
-        self._sub_stage(ctx, plan.mlp, getattr(layer, plan.norm2), call_kwargs=False)
+        self._sub_stage(ctx, st, st.attn, st.pre1, st.post1, call_kwargs=True)
+        self._sub_stage(ctx, st, st.mlp, st.pre2, st.post2, call_kwargs=False)
 
     @staticmethod
-    def _sub_stage(ctx: LayerContext, sub_name: str, norm: nn.Module, call_kwargs: bool) -> None:
-        run, plan = ctx.run, ctx.plan
-        sub = getattr(ctx.layer, sub_name)
-        is_attn = sub_name == plan.attn
+    def _sub_stage(ctx: LayerContext, st: Stages, sub_name: str, pre: list[str],
+                   post: list[str], call_kwargs: bool) -> None:
+        run, plan, layer = ctx.run, ctx.plan, ctx.layer
+        sub = getattr(layer, sub_name)
+        is_attn = sub_name == st.attn
         store, timer = run.store, run.timer
         gis = [gi for gi, g in enumerate(plan.groups) if g[0].split(".")[0] == sub_name]
-        cache = bool(gis) and ctx.may_cache(plan.cache_last.get(sub_name, False),
+        cache = bool(gis) and ctx.may_cache(st.cache_last.get(sub_name, False),
                                             plan.in_features[gis[-1]])
         for k, gi in enumerate(gis):
             acc = ctx.accumulator(gi)
@@ -397,7 +423,7 @@ class ModuleOrder:
                         ctx.cur = i
                         kw = run.kwargs(i) if call_kwargs else {}
                         try:
-                            sub(norm(store.get("in", i)), **kw)
+                            sub(st.chain(layer, pre, store.get("in", i)), **kw)
                         except _Stop:
                             pass
                         if keep:
@@ -413,12 +439,17 @@ class ModuleOrder:
                     o = last(store.get("cache", i))
                 else:
                     kw = run.kwargs(i) if call_kwargs else {}
-                    o = layer_output(sub(norm(x), **kw))
-                x2 = x + o
+                    o = layer_output(sub(st.chain(layer, pre, x), **kw))
+                x2 = x + st.chain(layer, post, o)
                 ctx.check_finite(x2, i, f"the output of {sub_name}")
                 if is_attn or run.cfg.propagate == "pruned":
                     store.put("in" if is_attn else "out", i, x2)
         store.clear("cache")
+
+
+class ModuleOrderError(PruneError):
+    """``--sequential module`` on a layer that is not two residual sub-layers; names the layer,
+    its class, its children and the fix (``--sequential layer``)."""
 
 
 #: ``--sequential`` value -> order.

@@ -9,6 +9,7 @@ that is a list (sibling of "no config.json")."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
@@ -142,3 +143,26 @@ def test_load_model_checks_the_directory_first(model_dir):
     (model_dir / INDEX).unlink()
     with pytest.raises(ModelDirError, match="tokenizer"):
         load_model(model_dir, device="cpu")
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+      "quantization_config": {"quant_method": "gptq", "bits": 4}},
+     r"LlamaForCausalLM \(model_type 'llama'\) is a quantized checkpoint .*'gptq'.*unquantized"),
+    ({"model_type": "t5", "is_encoder_decoder": True}, r"t5 .*encoder-decoder"),
+    ({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+      "text_config": {"model_type": "gemma3_text"}, "vision_config": {}},
+     r"Gemma3ForConditionalGeneration .*multimodal.*gemma3_text.*save_pretrained"),
+])
+def test_prune_support_names_the_class_and_the_fix(config, match):
+    from ssgr.models.checks import prune_support
+
+    assert re.search(match, prune_support(config))
+
+
+def test_prune_support_accepts_dense_causal_lms():
+    from ssgr.models.checks import prune_support
+
+    for mt in ("llama", "gemma2", "gpt2", "phi3", "olmo2"):
+        assert prune_support({"model_type": mt, "text_config": None}) is None
+    assert prune_support({"model_type": "llama", "quantization_config": {}}) is None

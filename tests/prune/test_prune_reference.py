@@ -24,8 +24,13 @@ def _compare(ref_model, out_dir, atol=2e-5):
     assert any("layers.0.self_attn.q_proj" in k for k in got)
 
 
-@pytest.mark.parametrize("family,sparsity", [("llama", "2:4"), ("qwen2", "0.5"), ("qwen3", "4:8"),
-                                             ("mistral", "2:4")])
+def _compat(family: str, order: str, method: str = "sparsegpt"):
+    return pytest.mark.compat(family=family, order=order, method=method)
+
+
+@pytest.mark.parametrize("family,sparsity", [
+    pytest.param(f, sp, marks=_compat(f, "layer"))
+    for f, sp in [("llama", "2:4"), ("qwen2", "0.5"), ("qwen3", "4:8"), ("mistral", "2:4")]])
 def test_layer_order_equals_naive_reference(tmp_path, family, sparsity):
     src = tiny_model(family, tmp_path / "m")
     calib = random_calib(tmp_path / "c.jsonl", [48, 130, 9, 64])
@@ -43,6 +48,7 @@ def test_layer_order_equals_naive_reference(tmp_path, family, sparsity):
                                atol=1e-4, rtol=1e-4)
 
 
+@_compat("qwen3", "module")
 def test_module_order_equals_naive_stagewise_reference(tmp_path):
     src = tiny_model("qwen3", tmp_path / "m", max_shard_size="40KB")
     assert (src / "model.safetensors.index.json").is_file()  # sharded checkpoint
@@ -58,6 +64,7 @@ def test_module_order_equals_naive_stagewise_reference(tmp_path):
     assert diff > 1e-3  # module order really differs from layer order
 
 
+@_compat("llama", "layer")
 def test_layer_order_dense_propagation_equals_oneshot(tmp_path, llama_dir, calib_file):
     out = tmp_path / "out"
     prune_model(PruneConfig(model=str(llama_dir), calib=str(calib_file), out=str(out),
@@ -68,7 +75,8 @@ def test_layer_order_dense_propagation_equals_oneshot(tmp_path, llama_dir, calib
     _compare(ref, out)
 
 
-@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+@pytest.mark.parametrize("method", [pytest.param(m, marks=_compat("llama", "layer", m))
+                                    for m in ("wanda", "magnitude")])
 def test_wanda_magnitude_equal_reference(tmp_path, llama_dir, calib_file, method):
     out = tmp_path / "out"
     prune_model(PruneConfig(model=str(llama_dir), calib=str(calib_file), out=str(out),
@@ -76,6 +84,23 @@ def test_wanda_magnitude_equal_reference(tmp_path, llama_dir, calib_file, method
                             device="cpu"))
     ref = naive_prune(llama_dir, read_calib(calib_file), parse_pattern("0.5"), method=method,
                       scope="layer")
+    _compare(ref, out)
+
+
+@pytest.mark.parametrize("family,method", [
+    pytest.param(f, m, marks=_compat(f, "module", m))
+    for f, m in [("llama", "sparsegpt"), ("qwen2", "sparsegpt"), ("mistral", "sparsegpt"),
+                 ("llama", "wanda"), ("llama", "magnitude")]])
+def test_module_order_families_equal_naive_reference(tmp_path, family, method):
+    """Module order of the other dense families (and Wanda / magnitude, whose statistics are
+    then taken after the earlier groups are pruned) equals the stage-wise reference."""
+    src = tiny_model(family, tmp_path / "m", hidden_size=32, intermediate_size=64)
+    calib = random_calib(tmp_path / "c.jsonl", [40, 9])
+    out = tmp_path / "out"
+    prune_model(PruneConfig(model=str(src), calib=str(calib), out=str(out), sparsity="2:4",
+                            method=method, sequential="module", device="cpu"))
+    ref = naive_prune(src, read_calib(calib), parse_pattern("2:4"), order="module",
+                      method=method, family=family)
     _compare(ref, out)
 
 
