@@ -18,9 +18,13 @@ Resumable at every point: a killed rank's part file resumes (its complete lines 
 lines of OUT, and of part files left by a run with another number of ranks, are copied into the
 part of the rank that now owns their problem before it generates, so nothing is generated twice;
 a kill during the merge leaves OUT as it was (or merged, with part files whose lines are all in
-it); a rerun once every sample is in OUT is a no-op on every rank (no process group is even
-started). Logging: INFO from rank 0 only; WARNING and ERROR from every rank, prefixed with
-``[rank r/N]``; the progress bar on rank 0 only. With a CUDA device and no ``--device``, rank
+it); a rerun once every sample is in OUT generates and writes nothing on any rank (no process
+group is even started; rank 0 checks the settings as a plain rerun does). The settings are
+checked against OUT's before generating when OUT already holds complete problems of this run,
+else on the merged file before it replaces OUT.
+
+Logging: INFO from rank 0 only; WARNING and ERROR from every rank, prefixed with ``[rank r/N]``;
+the progress bar on rank 0 only. With a CUDA device and no ``--device``, rank
 ``r`` generates on ``cuda:LOCAL_RANK``.
 
 This is the data-parallel pattern of ``torchrun`` jobs in general (one process per device, a
@@ -259,7 +263,10 @@ def generate_sharded(
         in_out = {k for *_, k in _complete_lines(out)}
         if wanted <= in_out:
             logger.info("%s: all %d samples already done; nothing to do", out, len(wanted))
-            if rank == 0:
+            if rank == 0:  # the settings check of a plain rerun (nothing is generated)
+                generate(model, problems, out, split=split, heldout_fraction=heldout_fraction,
+                         split_seed=split_seed, limit=limit, device=device, progress=False,
+                         **gen_kw)
                 _remove_merged_parts(out, in_out)
             return GenerateStats(len(probs), len(wanted), len(wanted), 0, 0, 0, 0,
                                  time.perf_counter() - t0)
