@@ -141,6 +141,8 @@ def generate_command(cfg: GenerateConfig) -> GenerateStats:
             kw.pop("model"), kw.pop("problems"), kw.pop("out"), rank=ranks[0],
             world_size=ranks[1], **kw, **shard_kw, backend_kwargs=extra,
         )
+        if ranks[0] != 0:
+            return st  # INFO from rank 0 only
     else:
         st = generate(kw.pop("model"), kw.pop("problems"), kw.pop("out"), **kw,
                       backend_kwargs=extra)

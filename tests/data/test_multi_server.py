@@ -132,3 +132,40 @@ def test_all_servers_down_is_clear_then_a_rerun_resumes(servers, tiny_model_dir,
     assert rc == 0
     _exactly_once(out, probs)
     assert _keys(out)[: len(before)] == before  # finished samples kept as they were
+
+
+def test_generator_options_reach_their_backend_or_are_refused(tiny_model_dir, tmp_path):
+    """--tensor-parallel-size / --data-parallel-size reach the vllm backend (validated there
+    before vLLM is imported; without vLLM: the MissingPackageError naming the extra); generator
+    options given to another generator are refused."""
+    from ssgr.cli import main
+    from ssgr.data.backends.vllm import VLLMBackend, parallel_kwargs
+    from ssgr.errors import MissingPackageError
+
+    assert parallel_kwargs(2, 4) == {"tensor_parallel_size": 2, "data_parallel_size": 4}
+    assert parallel_kwargs() == {}
+    with pytest.raises(DataError, match="--data-parallel-size must be an integer >= 1"):
+        VLLMBackend("m", data_parallel_size=0)
+    base = ["generate", str(tiny_model_dir), "--problems", "builtin:arith?n=1", "--n", "1",
+            "--no-progress"]
+    from ssgr.data.cli import GenerateConfig, generate_command
+
+    def run(**kw):
+        return generate_command(GenerateConfig(model=str(tiny_model_dir), n=1, progress=False,
+                                               problems="builtin:arith?n=1", **kw))
+
+    with pytest.raises(DataError, match="--tensor-parallel-size must be an integer >= 1"):
+        run(out=str(tmp_path / "a.jsonl"), generator="vllm", tensor_parallel_size=0)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingPackageError, match=r"ssgr\[vllm\]"):
+            run(out=str(tmp_path / "b.jsonl"), generator="vllm", tensor_parallel_size=2,
+                data_parallel_size=2)
+    with pytest.raises(DataError, match="--tensor-parallel-size is for --generator vllm"):
+        run(out=str(tmp_path / "c.jsonl"), generator="openai", server="http://a:1",
+            tensor_parallel_size=2)
+    assert main([*base, "--out", str(tmp_path / "d.jsonl"), "--concurrency-per-server", "2"]) == 2
+    with pytest.raises(DataError, match="--concurrency-per-server must be >= 1"):
+        OpenAIBackend(str(tiny_model_dir), server="http://a:1", concurrency_per_server=0)
+    assert all(p.read_text() == "" for p in tmp_path.glob("*.jsonl"))  # nothing generated
