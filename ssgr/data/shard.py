@@ -48,6 +48,7 @@ from typing import Any
 from ssgr.data.errors import DataError, GenerationError
 from ssgr.data.generate import GenerateStats, generate, meta_path
 from ssgr.data.problems import Problem, select_problems
+from ssgr.data.traces import repair_partial_tail
 from ssgr.io import write_jsonl_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def dist_env() -> tuple[int, int] | None:
     return (r, w) if w > 1 else None
 
 
-def part_path(out: str | os.PathLike[str], rank: int, world_size: int) -> Path:
+def part_path(out: str | os.PathLike[str], rank: int | str, world_size: int) -> Path:
     """The part file of one rank: ``OUT.rank<r>-of-<N>.part`` beside ``out``."""
     out = Path(out)
     return out.with_name(f"{out.name}.rank{rank}-of-{world_size}.part")
@@ -134,11 +135,8 @@ def _seed_part(part: Path, out: Path, others: Sequence[Path], mine: set[Key]) ->
     """Append to ``part`` the complete lines of ``out`` and of ``others`` (stale part files)
     whose (problem, sample) is in ``mine`` and not yet in ``part``; copy OUT's run settings as
     the part's when the part is new. Returns the lines copied."""
+    repair_partial_tail(part)  # a killed rank's torn last line, before appending
     have = {k for *_, k in _complete_lines(part)}
-    if part.exists() and part.stat().st_size and not part.read_bytes().endswith(b"\n"):
-        from ssgr.data.traces import repair_partial_tail
-
-        repair_partial_tail(part)
     copied = 0
     new_part = not have
     with contextlib.ExitStack() as stack:
@@ -272,10 +270,11 @@ def generate_sharded(
                                  time.perf_counter() - t0)
         mine = shard_problems(probs, rank, world_size)
         part = part_path(out, rank, world_size)
-        logger.info("%d ranks: %d problems each (rank 0: %d) -> %s", world_size,
-                    -(-len(probs) // world_size), len(mine), part.name)
+        logger.info("%d problems sharded over %d ranks (up to %d each), part files %s",
+                    len(probs), world_size, -(-len(probs) // world_size),
+                    part_path(out, "<r>", world_size).name)
         if rank == 0 and in_out:
-            _check_settings(model, probs, in_out, out, n, gen_kw, split)
+            _check_settings(model, probs, in_out, out, n, gen_kw)
         st = GenerateStats(len(mine), len(mine) * n, 0, 0, 0, 0, 0, 0.0)
         if mine:
             others = [p for p in part_files(out) if p != part
@@ -314,7 +313,7 @@ def generate_sharded(
 
 def _check_settings(
     model: str, probs: Sequence[Problem], in_out: set[Key], out: Path, n: int,
-    gen_kw: dict[str, Any], split: str,
+    gen_kw: dict[str, Any],
 ) -> None:
     """Before any generation: the run settings against OUT's, by ``generate()`` itself on the
     problems OUT already has complete (nothing is generated for them)."""

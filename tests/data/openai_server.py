@@ -8,7 +8,8 @@ without a request, or when its parent process goes away. Fault injection for the
 tests: ``--delay S`` waits S seconds before answering each request (so requests overlap), and
 ``--die-after K`` makes the process exit abruptly (``os._exit``, like a killed server: open
 connections, and so the requests still being answered, are reset; new ones are refused) when
-request K+1 arrives.
+request K+1 arrives; a base URL ``http://HOST:PORT/status-CODE/v1`` answers every request with
+HTTP CODE (a server failing with 5xx).
 
 :func:`start_server` runs it as a subprocess and returns the process and its URL
 (:func:`start_servers` several at once).
@@ -143,6 +144,12 @@ def main() -> None:
                     os._exit(1)  # like a killed server: every open connection is reset
             if args.delay:
                 time.sleep(args.delay)
+            # fault injection: a base URL http://HOST:PORT/status-CODE/v1 answers HTTP CODE
+            if self.path.startswith("/status-"):
+                code = int(self.path.split("/")[1].split("-")[1])
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send(code, {"error": f"injected HTTP {code}"})
+                return
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             # fault injection: served name MODEL#bad=FIELD answers with a bad FIELD
             bad = ""

@@ -53,8 +53,8 @@ def _exactly_once(path, probs):
 
 
 def _backend(model_dir, servers, **kw):
-    return OpenAIBackend(str(model_dir), server=servers, tokenizer=str(model_dir), max_retries=1,
-                         request_timeout=30, max_new_tokens=8, **kw)
+    kw = {"max_retries": 1, "request_timeout": 30, "max_new_tokens": 8, **kw}
+    return OpenAIBackend(str(model_dir), server=servers, tokenizer=str(model_dir), **kw)
 
 
 def test_parse_servers_and_least_outstanding():
@@ -100,6 +100,19 @@ def test_server_killed_mid_run_loses_and_duplicates_nothing(servers, tiny_model_
              backend_kwargs={"max_retries": 1}, **kw)
     lines = lambda p: sorted(Path(p).read_text().splitlines())  # noqa: E731
     assert lines(tmp_path / "two.jsonl") == lines(tmp_path / "one.jsonl")
+
+
+def test_server_failing_with_5xx_is_marked_down(servers, tiny_model_dir, tmp_path, caplog):
+    """A server answering HTTP 503 (after the client's retries) is taken out of the rotation;
+    the other serves every request."""
+    bad = servers[0] + "/status-503"
+    backend = _backend(tiny_model_dir, [bad, servers[0]], concurrency=4, max_retries=0)
+    with caplog.at_level(logging.WARNING):
+        st = generate(str(tiny_model_dir), arith_problems(2, seed=4), tmp_path / "t.jsonl",
+                      generator="openai", server=bad, n=N, progress=False, backend_obj=backend)
+    backend.close()
+    assert st.written == 2 * N and backend.servers[1].completed == 2 * N
+    assert f"server {bad}/v1 is down (HTTP 503)" in caplog.text
 
 
 def test_all_servers_down_is_clear_then_a_rerun_resumes(servers, tiny_model_dir, tmp_path):
