@@ -45,8 +45,8 @@ class GenerateConfig:
         help="generation backend: transformers (hf), vllm, or an OpenAI-compatible server",
     )
     server: str | list[str] | None = option(None, help=SERVER_HELP)
-    n: int = option(16, short="-n", help="samples per problem (-n under torchrun, whose parser "
-                    "takes --n for its own --nnodes)")
+    n: int = option(16, short="-n", help="samples per problem (write -n after torchrun, whose "
+                    "parser mistakes --n for one of its own options)")
     temperature: float = option(0.6, help="sampling temperature (0: greedy)")
     top_p: float = option(0.95, help="nucleus sampling mass")
     max_new_tokens: int = option(32768, help="response token limit")
