@@ -1,11 +1,9 @@
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from openai_server import start_server, stop_server
 
 from ssgr.data.errors import DataError, GenerationError
 from ssgr.data.generate import generate
@@ -13,44 +11,15 @@ from ssgr.data.problems import arith_problems
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-HERE = Path(__file__).resolve().parent
-
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     """The local OpenAI-compatible test server (127.0.0.1, ephemeral port, stops by itself)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "openai_server.py"),
-            str(tiny_model_dir),
-            "--idle-timeout",
-            "60",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc, url = start_server(tiny_model_dir, "--idle-timeout", "60")
     try:
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=60):
-            raise RuntimeError("test server did not start within 60 s")
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"test server failed: {line!r} {proc.stderr.read()[-2000:]}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
+        yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)
 
 
 def _lines(path):

@@ -4,6 +4,10 @@ Each sample is its own request with ``SamplingParams(n=1, temperature, top_p, ma
 seed=<the sample's seed>)`` rather than one request with ``n=16`` and one seed: per-sample seeds
 make an interrupted run resume to exactly the samples an uninterrupted one would have drawn, and
 vLLM's prefix caching shares the prompt's KV cache across the 16 requests of a problem anyway.
+
+Several GPUs: ``tensor_parallel_size`` (``--tensor-parallel-size``: the model split over that
+many GPUs) and ``data_parallel_size`` (``--data-parallel-size``: that many engine replicas) are
+passed to ``vllm.LLM`` as the engine arguments of the same names (vLLM's ``EngineArgs``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,38 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ssgr.data.backends.base import Completion, Request, format_with_template
+from ssgr.data.errors import DataError
 from ssgr.errors import missing_extra
 
 logger = logging.getLogger(__name__)
 
 
+def parallel_kwargs(
+    tensor_parallel_size: int | None = None, data_parallel_size: int | None = None
+) -> dict[str, int]:
+    """The ``vllm.LLM`` keyword arguments of ``--tensor-parallel-size`` and
+    ``--data-parallel-size`` (None: vLLM's default, left out).
+
+    Raises :class:`~ssgr.data.errors.DataError` for a value that is not an integer >= 1.
+    """
+    out: dict[str, int] = {}
+    for flag, value in (("tensor-parallel-size", tensor_parallel_size),
+                        ("data-parallel-size", data_parallel_size)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"--{flag} must be an integer >= 1 (GPUs for vLLM), got {value!r}")
+        out[flag.replace("-", "_")] = value
+    return out
+
+
 class VLLMBackend:
-    """Generate with an in-process ``vllm.LLM``."""
+    """Generate with an in-process ``vllm.LLM``.
+
+    ``llm_kwargs`` are further ``vllm.LLM`` arguments. Raises
+    :class:`~ssgr.data.errors.DataError` for a bad parallel size (before importing vLLM) and
+    :class:`~ssgr.errors.MissingPackageError` when vLLM is not installed.
+    """
 
     name = "vllm"
 
@@ -33,14 +62,17 @@ class VLLMBackend:
         seed: int = 0,
         dtype: str | None = None,
         llm_kwargs: dict[str, Any] | None = None,
+        tensor_parallel_size: int | None = None,
+        data_parallel_size: int | None = None,
         **_: Any,
     ) -> None:
+        parallel = parallel_kwargs(tensor_parallel_size, data_parallel_size)
         try:
             import vllm
         except ImportError:
             raise missing_extra("vllm", "--generator vllm") from None
         self._vllm = vllm
-        kwargs = dict(llm_kwargs or {})
+        kwargs = {**dict(llm_kwargs or {}), **parallel}
         kwargs.setdefault("seed", seed)
         kwargs.setdefault("enable_prefix_caching", True)
         if dtype is not None:
