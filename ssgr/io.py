@@ -87,6 +87,29 @@ def iter_jsonl(
             yield lineno, obj
 
 
+def _mode_for(p: Path) -> int:
+    """Permission bits a file written at ``p`` should get: those of the file it replaces, else
+    ``0o666`` minus the process umask (what ``open(p, "w")`` gives)."""
+    try:
+        return p.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask can only be
+    read by setting it, which is racy with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     """A text file handle whose content replaces ``path`` on a clean exit (fsynced), and which
@@ -95,6 +118,9 @@ def _atomic(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        # mkstemp makes the file 0600: give it the mode a plain open() would (the existing
+        # file's, else 0666 minus the umask), so an atomic write changes no permissions
+        os.fchmod(fd, _mode_for(p))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()

@@ -25,6 +25,8 @@ from ssgr.io import (
     lock_path,
     output_lock,
     remove_owned,
+    write_json_atomic,
+    write_jsonl_atomic,
 )
 
 
@@ -152,3 +154,17 @@ def test_file_sha256_cache_is_keyed_on_the_file_state(tmp_path, monkeypatch):
     cache.write_text("not json")  # a broken cache is ignored and rewritten
     assert file_sha256(f, cache=True) == hashlib.sha256(b"b" * 1000).hexdigest()
     assert len(json.loads(cache.read_text())) == 1
+
+
+def test_atomic_writes_keep_the_permissions_a_plain_write_gives(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    new = tmp_path / "new.json"
+    write_json_atomic(new, {"a": 1})  # mkstemp alone would make it 0600
+    assert new.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    old = tmp_path / "old.jsonl"
+    old.write_text("")
+    os.chmod(old, 0o640)
+    write_jsonl_atomic(old, [{"a": 1}])
+    assert old.stat().st_mode & 0o777 == 0o640
+    assert json.loads(old.read_text()) == {"a": 1}
