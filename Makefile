@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
-.PHONY: setup run test lint install-check bench cuda-check gpu-check gpu gpu-dry-run clean
+.PHONY: setup run test lint install-check bench cuda-check gpu-check gpu gpu-dry-run compat-table \
+	compat-check clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +79,14 @@ gpu:
 
 gpu-dry-run: setup
 	$(PY) benchmarks/gpu_run.py --dry-run
+
+# The README's model compatibility table (family x order x method) from the compat-marked tests
+# that pass: compat-table rewrites it, compat-check (CI) fails when the README's table is stale.
+compat-table: setup
+	$(PY) benchmarks/compat_table.py
+
+compat-check: setup
+	$(PY) benchmarks/compat_table.py --check
 
 clean:
 	rm -rf build *.egg-info ssgr/*.so $(VENV)
