@@ -6,6 +6,7 @@ from ssgr.data.verify import (
     answers_match,
     check_response,
     extract_answer,
+    is_placeholder,
     is_repetitive,
     parse_number,
     quality_flags,
@@ -32,6 +33,36 @@ from ssgr.data.verify import (
 )
 def test_extract_answer(response, expected):
     assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "19 * 2 = 36 ... The answer is \\boxed{}.",
+        "</think> The answer is \\boxed{ }.",
+        "</think> \\boxed{?}",
+        "</think> The final answer is \\boxed{answer}.",
+        "</think> \\boxed{...}",
+        "</think> \\boxed{\\ldots}",
+        "</think> \\boxed{\\text{Your Answer}}",
+        "</think> \\fbox{}",
+        # the last box decides: an empty box after a non-empty one is no answer
+        "</think> maybe \\boxed{38}, so the answer is \\boxed{}.",
+        "</think> Answer: ?",
+        "</think> The answer is ...",
+    ],
+)
+def test_placeholder_box_is_no_answer(response):
+    assert extract_answer(response) is None
+    v = check_response(response, "38", "stop")
+    assert v.answer is None and not v.correct and "no_answer" in v.flags
+
+
+def test_real_answers_are_not_placeholders():
+    assert is_placeholder("") and is_placeholder(" ? ") and is_placeholder("\\_\\_")
+    for real in ("0", "x", "-1", "\\frac{1}{2}", "answer 5", "A"):
+        assert not is_placeholder(real), real
+    assert extract_answer("</think> \\boxed{} then \\boxed{0}") == "0"
 
 
 def test_boxed_unbalanced_is_ignored():
