@@ -125,6 +125,7 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     seqs = load_calibration(
         cfg.calib, vocab_size=int(conf.vocab_size), max_tokens=min(int(ctx), MAX_TOKENS),
         tokenize=model_tokenizer(src), max_sequences=cfg.max_sequences,
+        calib_tokens=cfg.calib_tokens,
     )
     longest = max(q.tokens for q in seqs)
     for name, mod in model.named_modules():
