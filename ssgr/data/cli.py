@@ -75,6 +75,10 @@ class GenerateConfig:
     tokenizer: str | None = option(
         None, help="openai generator: local tokenizer path to format prompts (default: MODEL)"
     )
+    early_stop: bool = option(
+        False, help="stop sampling a problem once more than tau=0.75 x n samples are correct (the "
+        "SSGR rule drops it whatever comes; same ssgr selection, fewer samples)",
+    )
     progress: bool = option(True, help="progress bar")
 
 
