@@ -40,6 +40,18 @@ def test_quick_run_writes_the_table_and_results(quick_run):
         assert row["trace_ppl"] > 1.0
         assert (row["prune_seconds"] is None) == (name == "dense")
     assert (out / "results.png").stat().st_size > 1000
+    # statistics: a CI per pass@1, paired differences to text and sgr, generation cost
+    for name, row in res["rows"].items():
+        ci = row["accuracy_ci"]
+        assert ci["lo"] <= row["accuracy"] <= ci["hi"] and ci["problems"] == 40
+        assert set(row["diff"]) == ({"text", "sgr"} - {name} if name != "dense" else set())
+    assert res["rows"]["text"]["generation"] == {"samples": 0, "tokens": 0, "seconds": 0.0}
+    g = res["rows"]["ssgr"]["generation"]
+    assert g["samples"] == 8 * 32 and g["tokens"] > 0 and g["seconds"] > 0
+    assert g["early_stop"]["samples"] + g["early_stop"]["samples_saved"] == g["samples"]
+    assert res["rows"]["sgr"]["generation"]["samples"] == g["samples"]
+    assert "early_stop" not in res["rows"]["sgr"]["generation"]
+    assert "difference in pass@1, paired by problem" in r.stdout and "vs sgr" in r.stdout
     ssgr_seqs = res["rows"]["ssgr"]["calib"]["sequences"]
     assert all(res["rows"][s]["calib"]["sequences"] <= ssgr_seqs for s in ("text", "gold", "sgr"))
     for src in ("text", "gold", "sgr", "ssgr"):
@@ -57,6 +69,76 @@ def test_rerun_reuses_every_stage(quick_run):
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert "already done" in r.stderr
     assert r.stdout.splitlines()[:8] == first.stdout.splitlines()[:8]
+
+
+def test_calibration_draws_kept_apart_and_summarised(quick_run, tmp_path):
+    import shutil
+
+    root, out, first = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    watched = [copy / "traces.jsonl", *sorted(copy.glob("calib/*.jsonl")),
+               *sorted(copy.glob("pruned/*/prune_report.json")), *sorted(copy.glob("eval/*.json"))]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    # calib_seeds is not part of the run key: seed 0 (= --seed) is the finished draw, reused
+    r = _ssgr("run", "--quick", "--calib-seeds", "0,1", "--out", str(copy), cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    draw = copy / "draws" / "seed-1"
+    for src in ("text", "gold", "sgr", "ssgr"):
+        assert (draw / "calib" / f"{src}.jsonl").is_file()
+        assert (draw / "pruned" / src / "prune_report.json").is_file()
+        assert (draw / "eval" / f"{src}.json").is_file()
+        assert (draw / "ppl" / f"{src}.json").is_file()
+    assert not (draw / "eval" / "dense.json").exists()  # dense is evaluated once
+    # the draws differ in their random picks: sgr's samples, text's windows
+    sgr = (draw / "calib" / "sgr.jsonl").read_bytes()
+    assert sgr != (copy / "calib" / "sgr.jsonl").read_bytes()
+    res = json.loads((copy / "results.json").read_text())
+    assert [d["seed"] for d in res["draws"]] == [0, 1]
+    first_rows = json.loads((out / "results.json").read_text())["rows"]
+    assert res["draws"][0]["rows"]["ssgr"]["accuracy"] == first_rows["ssgr"]["accuracy"]
+    for src in ("text", "gold", "sgr", "ssgr"):
+        accs = [d["rows"][src]["accuracy"] for d in res["draws"]]
+        a = res["across_draws"][src]["accuracy"]
+        assert a["min"] == min(accs) and a["max"] == max(accs) and a["draws"] == 2
+        assert a["mean"] == pytest.approx(sum(accs) / 2)
+    assert "across 2 calibration draws (seeds 0, 1)" in r.stdout
+    assert r.stdout.splitlines()[3] == first.stdout.splitlines()[3]  # dense row unchanged
+
+
+def test_ssgr_response_prunes_on_the_response_tokens(quick_run, tmp_path):
+    from ssgr.models import resolve_model
+    from ssgr.run import RunConfig, _prune
+
+    _, out, _ = quick_run
+    cfg = RunConfig(quick=True, out=str(tmp_path / "o")).resolved()
+    calib = out / "calib" / "ssgr.jsonl"
+    rep = _prune(cfg, resolve_model("tiny"), calib, tmp_path / "resp", "response")
+    rows = [json.loads(x) for x in calib.read_text().splitlines()]
+    prompt = sum(r["prompt_tokens"] for r in rows)
+    assert prompt > 0 and rep["tokens"] == sum(len(r["input_ids"]) for r in rows)
+    assert rep["statistics_tokens"] == rep["tokens"] - prompt
+    full = json.loads((out / "pruned" / "ssgr" / "prune_report.json").read_text())
+    assert full["statistics_tokens"] == full["tokens"] == rep["tokens"]
+
+
+def test_calib_seeds_options_and_key(tmp_path):
+    from ssgr.errors import InputError
+    from ssgr.models import resolve_model
+    from ssgr.run import ABLATIONS, RunConfig, draw_dir, run_key
+
+    cfg = RunConfig(out=str(tmp_path / "o"), calib_seeds=[2, 1, 2]).resolved()
+    assert cfg.calib_seeds == [2, 1]
+    with pytest.raises(InputError, match="--calib-seeds is empty"):
+        RunConfig(calib_seeds=[]).resolved()
+    plain = RunConfig(out=str(tmp_path / "o")).resolved()
+    m = resolve_model("tiny")
+    assert run_key(cfg, m) == run_key(plain, m)  # draws live apart: the key does not change
+    assert draw_dir(tmp_path, 0, 0) == tmp_path
+    assert draw_dir(tmp_path, 3, 0) == tmp_path / "draws" / "seed-3"
+    assert "ssgr-response" in ABLATIONS
+    assert "ssgr-response" in RunConfig(ablations=True).resolved().sources
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):

@@ -94,6 +94,10 @@ class GenerateConfig:
         7200.0, help="under torchrun: seconds a rank waits for the others before the merge "
         "(give the slowest shard's generation time)",
     )
+    early_stop: bool = option(
+        False, help="stop sampling a problem once more than tau=0.75 x n samples are correct (the "
+        "SSGR rule drops it whatever comes; same ssgr selection, fewer samples)",
+    )
     progress: bool = option(True, help="progress bar")
 
 

@@ -13,6 +13,20 @@ or a problems file whose ids collide with different questions or answers (by
 :func:`ssgr.data.problems.problem_hash`) is refused (write to a new file instead). One run at a
 time per OUT (:func:`ssgr.io.output_lock`). A prompt that leaves no room to generate (prompt
 tokens >= the model's context - 1) is refused before generation, naming the problem.
+
+Early stopping (``early_stop=True``, ``ssgr generate --early-stop``): samples are drawn in rounds
+and a problem stops being sampled as soon as its fate under the SSGR rule is decided exactly: once
+more than ``tau x n`` of its samples are correct, ``c > tau`` whatever the others give, so
+``ssgr select`` drops it as too easy (:func:`early_stop_decided`). Every other problem still gets
+all ``n`` samples (c = 0 and the median-length correct sample need them all). Round 1 draws the
+first :func:`early_stop_first_round` samples of every problem (the fewest that can decide one:
+13 of 16 at tau 0.75), then each round one more sample of each undecided problem, batched across
+problems. The samples drawn are the same (problem, sample, seed) as without early stopping, so
+the strategies behind the ssgr filter (``ssgr``, ``short``, ``median``, ``long``, ``no-think``,
+``gold``) select exactly the same CALIB.jsonl; ``sgr`` and the difficulty tiers need the full
+samples. A resumed run counts the correct samples already in OUT. The saving can only come from
+easy problems and is at most ``n - first round`` samples each (3 of 16 at tau 0.75);
+:func:`early_stop_cost` computes it on full traces.
 """
 
 from __future__ import annotations
@@ -81,6 +95,52 @@ class GenerateStats:
     flagged: int
     tokens: int
     seconds: float
+    #: With early stopping: problems stopped early, samples not drawn, and those samples' tokens
+    #: estimated as the mean length of the problem's drawn samples (never generated, so unknown).
+    early_stopped: int = 0
+    samples_saved: int = 0
+    tokens_saved_estimate: int = 0
+
+
+def early_stop_decided(correct: int, n: int, tau: float) -> bool:
+    """Whether ``correct`` correct samples already decide that a problem of ``n`` samples has
+    ``c = correct_total / n > tau`` (the SSGR ``too_easy`` rule of :mod:`ssgr.data.select`, same
+    expression), whatever the remaining samples give."""
+    return correct / n > tau
+
+
+def early_stop_first_round(n: int, tau: float) -> int:
+    """The fewest samples that can decide a problem: the smallest ``m <= n`` with
+    ``m / n > tau`` (``n`` when none)."""
+    return next((m for m in range(1, n + 1) if early_stop_decided(m, n, tau)), n)
+
+
+def early_stop_cost(traces: list[Trace], n: int, tau: float) -> dict[str, int]:
+    """What ``--early-stop`` draws for the problems of full ``traces`` (samples ``0..n-1``):
+    a problem stops after the first sample, in index order, that makes it decided.
+
+    Returns ``{"samples", "tokens", "samples_saved", "tokens_saved", "problems_stopped"}``
+    (tokens: response tokens as recorded in the traces; exact, the samples being the same).
+    """
+    groups: dict[str, list[Trace]] = {}
+    for t in traces:
+        if t.sample < n:
+            groups.setdefault(t.problem_id, []).append(t)
+    samples = tokens = total_s = total_t = stopped = 0
+    for ts in groups.values():
+        ts.sort(key=lambda t: t.sample)
+        correct = 0
+        for i, t in enumerate(ts):
+            correct += t.correct
+            samples += 1
+            tokens += t.num_tokens
+            if early_stop_decided(correct, n, tau) and i + 1 < len(ts):
+                stopped += 1
+                break
+        total_s += len(ts)
+        total_t += sum(t.num_tokens for t in ts)
+    return {"samples": samples, "tokens": tokens, "samples_saved": total_s - samples,
+            "tokens_saved": total_t - tokens, "problems_stopped": stopped}
 
 
 def meta_path(out: str | os.PathLike[str]) -> Path:
@@ -156,6 +216,8 @@ def generate(
     backend_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     backend: str | None = None,
+    early_stop: bool = False,
+    tau: float = 0.75,
 ) -> GenerateStats:
     """Generate ``n`` samples per problem into the append-only traces file ``out``.
 
@@ -166,6 +228,8 @@ def generate(
     for ``vllm``, 64 concurrent requests for ``openai``). ``generator`` is ``hf``, ``vllm`` or
     ``openai`` (``backend=`` is its deprecated old name); ``backend_obj`` injects a ready
     generation backend and ``backend_kwargs`` are extra arguments of its constructor.
+    ``early_stop`` stops sampling a problem once more than ``tau x n`` samples are correct (see
+    the module docstring; ``tau`` is the SSGR threshold of ``ssgr select``).
 
     Raises :class:`~ssgr.data.errors.DataError` for bad options or input and
     :class:`~ssgr.data.errors.GenerationError` when the generator fails.
@@ -181,6 +245,8 @@ def generate(
         raise DataError(f"--top-p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise DataError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if early_stop and not 0.0 <= tau <= 1.0:
+        raise DataError(f"--tau must be in [0, 1], got {tau}")
     if generator not in GENERATORS:
         raise DataError(f"unknown generator {generator!r}; choose one of {', '.join(GENERATORS)}")
     if generator == "openai" and not server and not backend_obj:
@@ -215,7 +281,7 @@ def generate(
                 out, meta, probs, n, batch_size, generator, model, backend_obj, backend_kwargs,
                 dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                      seed=seed, device=device, dtype=dtype, server=server),
-                seed, instruction, progress,
+                seed, instruction, progress, tau if early_stop else None,
             )
         except OSError as e:
             if not is_write_failure(e):
@@ -227,7 +293,7 @@ def _generate_locked(
     out: Path, meta: dict[str, Any], probs: list[Problem], n: int, batch_size: int,
     generator: str, model: str, backend_obj: Backend | None,
     backend_kwargs: dict[str, Any] | None, kwargs: dict[str, Any], seed: int, instruction: str,
-    progress: bool,
+    progress: bool, tau: float | None = None,
 ) -> GenerateStats:
     meta = _check_meta(out, meta)
     mpath = meta_path(out)
@@ -258,7 +324,11 @@ def _generate_locked(
             prompts = _prompts(backend_obj, pending, instruction)
             if write_meta is not None:
                 writer.before_first_write = write_meta
-            _run(backend_obj, pending, prompts, writer, stats, batch_size, seed, progress, t0)
+            if tau is None:
+                _run(backend_obj, pending, prompts, writer, stats, batch_size, seed, progress, t0)
+            else:
+                _run_early_stop(out, backend_obj, probs, n, tau, prompts, writer, stats,
+                                batch_size, seed, progress, t0)
         finally:
             if own:
                 backend_obj.close()
@@ -267,7 +337,53 @@ def _generate_locked(
         "%s: wrote %d samples (%d correct, %d flagged, %d tokens) in %.1fs",
         out, stats.written, stats.correct, stats.flagged, stats.tokens, stats.seconds,
     )
+    if tau is not None:
+        logger.info(
+            "%s: --early-stop: %d of %d problems decided early (c > tau=%g); %d samples "
+            "(~%d tokens) not generated", out, stats.early_stopped, stats.problems, tau,
+            stats.samples_saved, stats.tokens_saved_estimate,
+        )
     return stats
+
+
+def _run_early_stop(
+    out: Path, backend: Backend, probs: list[Problem], n: int, tau: float,
+    prompts: dict[str, tuple[str, list[dict[str, str]]]], writer: TraceWriter,
+    stats: GenerateStats, batch_size: int, seed: int, progress: bool, t0: float,
+) -> None:
+    """Rounds of :func:`_run` (see the module docstring); a problem is no longer sampled once
+    :func:`early_stop_decided` holds for its correct samples so far (those already in ``out``
+    included)."""
+    from ssgr.data.traces import read_traces
+
+    correct = {p.id: 0 for p in probs}
+    drawn = {p.id: 0 for p in probs}
+    tokens = {p.id: 0 for p in probs}
+    for t in read_traces(out) if out.exists() and out.stat().st_size else []:
+        if t.problem_id in correct and t.sample < n:
+            correct[t.problem_id] += t.correct
+            drawn[t.problem_id] += 1
+            tokens[t.problem_id] += t.num_tokens
+
+    def count(t: Trace) -> None:
+        correct[t.problem_id] += t.correct
+        drawn[t.problem_id] += 1
+        tokens[t.problem_id] += t.num_tokens
+
+    first = early_stop_first_round(n, tau)
+    bounds = [(0, first)] + [(s, s + 1) for s in range(first, n)]
+    for lo, hi in bounds:
+        todo = [(p, s) for p in probs if not early_stop_decided(correct[p.id], n, tau)
+                for s in range(lo, hi) if (p.id, s) not in writer.done]
+        if todo:
+            _run(backend, todo, prompts, writer, stats, batch_size, seed, progress, t0,
+                 on_trace=count)
+    for p in probs:
+        missing = n - drawn[p.id]
+        if missing and early_stop_decided(correct[p.id], n, tau):
+            stats.early_stopped += 1
+            stats.samples_saved += missing
+            stats.tokens_saved_estimate += round(missing * tokens[p.id] / max(drawn[p.id], 1))
 
 
 def prompt_room(tokenizer: Any, prompt: str, context: int) -> int | None:
@@ -324,6 +440,7 @@ def _run(
     seed: int,
     progress: bool,
     t0: float,
+    on_trace: Callable[[Trace], None] | None = None,
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -339,10 +456,11 @@ def _run(
                 prob = by_id[c.request.problem_id]
                 prompt = c.prompt if c.prompt is not None else c.request.prompt
                 v = check_response(c.response, prob.answer, c.finish_reason, prompt)
-                writer.write(
-                    Trace(prob.id, c.request.sample, prompt, c.response, c.num_tokens,
-                          c.finish_reason, v.answer, v.correct, v.flags)
-                )
+                trace = Trace(prob.id, c.request.sample, prompt, c.response, c.num_tokens,
+                              c.finish_reason, v.answer, v.correct, v.flags)
+                writer.write(trace)
+                if on_trace is not None:
+                    on_trace(trace)
                 stats.written += 1
                 stats.correct += int(v.correct)
                 stats.flagged += int(bool(v.flags))

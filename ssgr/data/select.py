@@ -35,7 +35,11 @@ would exceed it (``over_token_budget``). With a tokenizer every sequence is toke
 Each CALIB.jsonl line: ``problem_id``, ``source`` (the strategy, or ``text:NAME``), ``text``
 (chat prompt + response), ``num_tokens`` (``len(input_ids)`` with a tokenizer, else the response
 tokens recorded in the traces), ``sample``, ``correctness`` (c), and ``input_ids`` with a
-tokenizer. Next to it: ``CALIB.summary.json`` and ``CALIB.summary.png``.
+tokenizer, and then ``prompt_tokens``: how many of the ``input_ids`` are the chat prompt (the
+longest common prefix of the line's ids and the prompt's own ids, so a token that straddles the
+prompt/response boundary counts as response; 0 for ``text`` chunks). ``ssgr prune
+--calib-tokens response`` calibrates on the positions after it only. Next to it:
+``CALIB.summary.json`` and ``CALIB.summary.png``.
 """
 
 from __future__ import annotations
@@ -246,6 +250,16 @@ def _plot(path: Path, summary: dict[str, Any], cs: Sequence[float], sel_len: Seq
     return path
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id lists."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _out_paths(out: Path) -> tuple[Path, Path]:
     stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(stem + ".summary.json"), out.with_name(stem + ".summary.png")
@@ -273,6 +287,7 @@ def _text_rows(corpus: str, tok: Any, num_sequences: int, token_budget: int | No
         rows.append({
             "problem_id": f"text-{i // max_length:05d}", "source": f"text:{name}",
             "text": tok.decode(chunk), "num_tokens": len(chunk), "input_ids": chunk,
+            "prompt_tokens": 0,
         })
     if len(ids) < limit:
         logger.warning("corpus %s has only %d tokens (< %d requested)", corpus, len(ids), limit)
@@ -378,6 +393,7 @@ def select(
         picks = [picks[i] for i in idx]
 
     rows: list[dict[str, Any]] = []
+    prompt_ids: dict[str, list[int]] = {}
     kept_resp_tokens: list[int] = []
     truncated = 0
     total = 0
@@ -395,6 +411,9 @@ def select(
                 ids, truncated = ids[:max_length], truncated + 1
             row["num_tokens"] = len(ids)
             row["input_ids"] = ids
+            if t.prompt not in prompt_ids:
+                prompt_ids[t.prompt] = tok(t.prompt, add_special_tokens=False)["input_ids"]
+            row["prompt_tokens"] = _common_prefix(ids, prompt_ids[t.prompt])
         else:
             row["num_tokens"] = t.num_tokens
         row["sample"] = t.sample

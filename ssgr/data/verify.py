@@ -3,12 +3,18 @@
 Extraction (:func:`extract_answer`), in order:
 
 1. the content of the **last** ``\\boxed{...}`` (or ``\\fbox{...}``) in the response, braces
-   balanced, anywhere in the response;
+   balanced, anywhere in the response. The last box decides: when it is empty or a placeholder
+   (``\\boxed{}``, ``\\boxed{ }``, ``\\boxed{?}``, ``\\boxed{answer}``, ``\\boxed{...}``, see
+   :func:`is_placeholder`) the response has **no answer**, even after an earlier non-empty box
+   (a model that ends on an empty box did not commit to the earlier one) and even when an
+   ``answer is`` phrase surrounds it (``The answer is \\boxed{}.`` is no answer, never the
+   answer ``\\boxed{}``);
 2. otherwise, in the part after the last ``</think>`` (the whole response if it has no
    ``</think>``; nothing if a ``<think>`` block is left open), the last of
    ``final answer is X`` / ``answer is X`` / ``answer: X`` / a GSM8K-style ``#### X`` line;
-3. otherwise ``None`` (flag ``no_answer``). There is deliberately no "last number in the text"
-   fallback: it turns unfinished reasoning into spurious correct answers.
+3. otherwise ``None`` (flag ``no_answer``). A fallback phrase whose value is a placeholder
+   (``Answer: ?``) or contains a box is no answer either. There is deliberately no "last number
+   in the text" fallback: it turns unfinished reasoning into spurious correct answers.
 
 Comparison (:func:`answers_match`): ``math-verify`` when installed (timeouts on the main
 thread; ``parsing_timeout=None`` off it, where its signal-based timeout cannot work), then a
@@ -87,6 +93,38 @@ _FALLBACK_PATTERNS = (
 )
 
 
+_PLACEHOLDERS = frozenset(
+    {
+        "",
+        "answer",
+        "youranswer",
+        "finalanswer",
+        "theanswer",
+        "answerhere",
+        "\\ldots",
+        "\\cdots",
+        "\\dots",
+        "\\square",
+        "\\blacksquare",
+        "\\boxed{}",
+    }
+)
+
+
+def is_placeholder(answer: str) -> bool:
+    """Whether an extracted box content / answer phrase is a placeholder rather than an answer.
+
+    Placeholders: the empty string, only ``?``, ``.``, ``_``, ``…`` or ``-`` characters
+    (``?``, ``...``, ``___``), and the words / commands in ``_PLACEHOLDERS`` (``answer``,
+    ``your answer``, ``final answer``, ``\\ldots``, ``\\square``, ...), compared after
+    :func:`normalize_answer` and lower-casing. A real answer such as ``x`` or ``0`` is never one.
+    """
+    s = normalize_answer(answer).lower().replace("\\_", "_")
+    if re.fullmatch(r"[?._\u2026-]*", s):
+        return True
+    return s in _PLACEHOLDERS
+
+
 def answer_part(response: str) -> str | None:
     """The text after the last ``</think>``; the whole text without think tags; None if open."""
     close = response.rfind(THINK_CLOSE)
@@ -100,8 +138,8 @@ def answer_part(response: str) -> str | None:
 def extract_answer(response: str) -> str | None:
     """The final answer of a response (see the module docstring for the fallbacks)."""
     boxed = _last_braced(response)
-    if boxed:
-        return boxed
+    if boxed is not None:
+        return None if is_placeholder(boxed) else boxed
     tail = answer_part(response)
     if not tail:
         return None
@@ -113,6 +151,8 @@ def extract_answer(response: str) -> str | None:
                 best_pos, best = m.start(1), val
         if best is not None:
             break
+    if best is None or is_placeholder(best) or "\\boxed" in best or "\\fbox" in best:
+        return None
     return best
 
 

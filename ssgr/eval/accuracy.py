@@ -13,6 +13,10 @@ come from the traces (:func:`metrics_from_traces`):
 * ``no_answer_rate`` / ``flagged_rate`` - fraction with no extractable answer / any quality flag;
 
 overall and per difficulty level (problems without a level are grouped under ``"none"``).
+``overall["pass@1_ci"]`` is its 95% bootstrap confidence interval over problems (a problem's k
+samples kept together; :mod:`ssgr.eval.stats`), and ``per_problem`` maps each problem id to its
+``c = correct / k``, the input of paired comparisons between models
+(:func:`ssgr.eval.stats.paired_bootstrap_diff`).
 By default only the held-out split of the problems is used (``split="heldout"``, 20%, seed 0: the
 split :func:`ssgr.data.problems.split_problems` defines), so calibration problems are never scored.
 """
@@ -79,11 +83,41 @@ def metrics_from_traces(
         cs, tl = per_level.setdefault(key, ([], []))
         cs.append(c)
         tl += ts
+    from ssgr.eval.stats import bootstrap_ci
+
     order = sorted(per_level, key=lambda s: (s == "none", int(s) if s.isdigit() else 0))
+    overall = _summary(all_c, all_t)
+    overall["pass@1_ci"] = bootstrap_ci(all_c)
     return {
-        "overall": _summary(all_c, all_t),
+        "overall": overall,
         "by_level": {lvl: _summary(*per_level[lvl]) for lvl in order},
+        "per_problem": {p.id: c for p, c in zip(problems, all_c, strict=True)},
     }
+
+
+def per_problem_scores(result: dict[str, Any]) -> dict[str, float]:
+    """``{problem_id: c}`` of an :func:`evaluate` result; for a result written by an older ssgr
+    (no ``per_problem``) it is recomputed from the result's traces file.
+
+    Raises:
+        DataError when neither is available.
+    """
+    if isinstance(result.get("per_problem"), dict):
+        return {str(k): float(v) for k, v in result["per_problem"].items()}
+    traces = result.get("traces")
+    if not traces or not Path(traces).is_file():
+        raise DataError(
+            f"evaluation of {result.get('model')!r} has no per-problem scores and its traces "
+            f"file {traces!r} is gone; re-run the evaluation (delete its json)"
+        )
+    from ssgr.data.traces import read_traces
+
+    ts = read_traces(traces)
+    by_id: dict[str, list[Trace]] = {}
+    for t in ts:
+        if t.sample < result["k"]:
+            by_id.setdefault(t.problem_id, []).append(t)
+    return {pid: sum(t.correct for t in v) / result["k"] for pid, v in by_id.items()}
 
 
 def default_traces_path(out: str | os.PathLike[str]) -> Path:
@@ -220,3 +254,17 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append(row(lvl, m))
     rows.append(row("all", result["overall"]))
     return "\n".join(rows)
+
+
+def format_ci_line(result: dict[str, Any]) -> str | None:
+    """The line ``ssgr eval`` prints under its table: overall pass@1 with its bootstrap CI
+    (None for a result without one)."""
+    ci = result["overall"].get("pass@1_ci")
+    if not ci:
+        return None
+    from ssgr.eval.stats import format_ci
+
+    return (
+        f"pass@1 {format_ci(ci)}: {ci['level']:.0%} bootstrap CI over {ci['problems']} "
+        f"problems (k samples kept together, B={ci['b']}, percentile)"
+    )

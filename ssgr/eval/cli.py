@@ -62,7 +62,7 @@ def eval_command(cfg: EvalConfig) -> dict[str, Any]:
     Raises :class:`~ssgr.errors.SSGRError` subclasses for bad input (unknown model, malformed
     problems file).
     """
-    from ssgr.eval.accuracy import evaluate, format_table
+    from ssgr.eval.accuracy import evaluate, format_ci_line, format_table
 
     kw = dataclasses.asdict(cfg)
     res = evaluate(kw.pop("model"), kw.pop("problems"), **kw)
@@ -74,6 +74,9 @@ def eval_command(cfg: EvalConfig) -> dict[str, Any]:
         f"eval {res['model']} on {res['problems']} ({res['split']}), k={res['k']}, {mode}\n"
     )
     sys.stdout.write(format_table(res) + "\n")
+    ci_line = format_ci_line(res)
+    if ci_line:
+        sys.stdout.write(ci_line + "\n")
     if res["traces"]:
         sys.stdout.write(f"samples: {res['traces']}\n")
     return res

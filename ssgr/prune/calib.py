@@ -9,7 +9,17 @@ positions add nothing to Hessians or column norms. When its ones are one contigu
 and/or right padding) the padding is dropped before the forward, so the run equals that of the
 unpadded line bit for bit; any other mask (a hole inside) keeps every token in the forward (as
 context) and excludes the masked positions from the statistics
-(:attr:`CalibSequence.stat_positions`). Other per-token fields (:data:`REFUSED_TOKEN_FIELDS`, or
+(:attr:`CalibSequence.stat_positions`).
+
+Response-only calibration (``calib_tokens="response"``, ``ssgr prune --calib-tokens response``):
+every line must carry ``"prompt_tokens"`` (an int, written by ``ssgr select``): its first
+``prompt_tokens`` positions (counted on the line's ``input_ids`` as written, before any padding
+is removed) are the prompt and, like masked positions, run through the model as context but add
+nothing to the statistics; only the response positions do. With an ``attention_mask`` on the same
+line a position feeds the statistics when its mask is 1 **and** it lies in the response. A line
+without ``"prompt_tokens"``, with a ``"text"`` field instead of ``"input_ids"`` (its positions
+would depend on the tokenizer) or without any response position is refused with ``file:line``.
+Other per-token fields (:data:`REFUSED_TOKEN_FIELDS`, or
 any list as long as the sequence) are refused with ``file:line``, never ignored. Every other field
 is kept as provenance.
 """
@@ -93,6 +103,45 @@ def apply_attention_mask(
     return ids, torch.tensor(ones, dtype=torch.long), 0
 
 
+def response_positions(
+    ids: list[int], mask, prompt_tokens, where: str
+) -> tuple[list[int], torch.Tensor | None, int]:
+    """:func:`apply_attention_mask` restricted to the response (positions ``>= prompt_tokens``
+    of the line as written; ``mask`` None: no attention_mask).
+
+    Returns:
+        ``(ids, stat_positions, dropped)`` as :func:`apply_attention_mask`; ``stat_positions``
+        is ``[k]`` int64 positions in the returned ``ids`` (None when every returned position is
+        a response position).
+    Raises:
+        CalibError naming ``where`` when ``prompt_tokens`` is not an int in ``[0, len(ids))``,
+        when no position is left, or as :func:`apply_attention_mask`.
+    """
+    if not isinstance(prompt_tokens, int) or isinstance(prompt_tokens, bool) \
+            or not 0 <= prompt_tokens < len(ids):
+        raise CalibError(
+            f"{where}: \"prompt_tokens\" must be an int in [0, {len(ids)}) (the number of prompt "
+            f"tokens at the start of the line's {len(ids)} input_ids), got {prompt_tokens!r}; "
+            "a line that is all prompt has no response to calibrate on: remove it"
+        )
+    if mask is None:
+        ones, lo, dropped = list(range(len(ids))), 0, 0
+    else:
+        cut, pos, dropped = apply_attention_mask(ids, mask, where)
+        ones = [i for i, v in enumerate(mask) if v]
+        lo = ones[0] if pos is None else 0  # contiguous ones: ids cut to [ones[0], ones[-1]]
+        ids = cut
+    stat = [i - lo for i in ones if i >= prompt_tokens]
+    if not stat:
+        raise CalibError(
+            f"{where}: no position is both in the response (at or after \"prompt_tokens\" = "
+            f"{prompt_tokens}) and unmasked by \"attention_mask\"; remove the line"
+        )
+    if len(stat) == len(ids):
+        return ids, None, dropped
+    return ids, torch.tensor(stat, dtype=torch.long), dropped
+
+
 def file_sha256(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (:func:`ssgr.io.file_sha256`)."""
     return io_file_sha256(path)
@@ -134,6 +183,7 @@ def load_calibration(
     max_tokens: int,
     tokenize: Callable[[str], list[int]] | None = None,
     max_sequences: int | None = None,
+    calib_tokens: str = "all",
 ) -> list[CalibSequence]:
     """Read and validate ``CALIB.jsonl``.
 
@@ -143,19 +193,24 @@ def load_calibration(
         max_tokens: longest allowed sequence (the model's context, at most 32768).
         tokenize: ``text -> ids`` for ``{"text": ...}`` lines; None makes text lines an error.
         max_sequences: keep only the first this many lines (None: all).
+        calib_tokens: ``"all"`` or ``"response"`` (only positions at or after each line's
+            ``"prompt_tokens"`` feed the statistics; see the module docstring).
     Returns:
         the sequences in file order.
     Raises:
         CalibError naming ``path:line`` for an empty, corrupt, too long or out-of-vocabulary line,
-        a bad ``attention_mask`` or an unsupported per-token field (the JSON itself is read by
+        a bad ``attention_mask``, a missing or bad ``"prompt_tokens"`` under
+        ``calib_tokens="response"`` or an unsupported per-token field (the JSON itself is read by
         :func:`ssgr.io.iter_jsonl`); MissingFileError when ``path`` does not exist.
     """
+    if calib_tokens not in ("all", "response"):
+        raise PruneError(f"--calib-tokens must be all or response, got {calib_tokens!r}")
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(
             f"calibration file {p} does not exist; pass --calib CALIB.jsonl")
     out: list[CalibSequence] = []
-    last = padded = holes = 0
+    last = padded = holes = prompt_only = 0
     for lineno, obj in iter_jsonl(p, "calibration", error=CalibError):
         if max_sequences is not None and len(out) >= max_sequences:
             break
@@ -203,7 +258,24 @@ def load_calibration(
                     "field (or express it as attention_mask)"
                 )
         pos = None
-        if "attention_mask" in obj:
+        if calib_tokens == "response":
+            if "input_ids" not in obj:
+                raise CalibError(
+                    f"{where}: --calib-tokens response needs \"input_ids\" (a \"text\" line's "
+                    "prompt positions depend on the tokenizer); write the set with `ssgr select "
+                    "--tokenizer MODEL`"
+                )
+            if "prompt_tokens" not in obj:
+                raise CalibError(
+                    f"{where}: --calib-tokens response needs \"prompt_tokens\" (the number of "
+                    "prompt tokens at the start of the line) on every line; re-run `ssgr select` "
+                    "(it writes the field), add it, or use --calib-tokens all"
+                )
+            ids, pos, dropped = response_positions(
+                ids, obj.get("attention_mask"), obj["prompt_tokens"], where)
+            padded += dropped
+            prompt_only += pos is not None
+        elif "attention_mask" in obj:
             ids, pos, dropped = apply_attention_mask(ids, obj["attention_mask"], where)
             padded += dropped
             holes += pos is not None
@@ -227,6 +299,10 @@ def load_calibration(
     if holes:
         log.info("calibration: %d lines mask positions inside the sequence: those tokens run "
                  "through the model but add nothing to the statistics", holes)
+    if calib_tokens == "response":
+        log.info("calibration: --calib-tokens response: %d of %d tokens (the responses) feed the "
+                 "statistics; prompts run as context only (%d lines)",
+                 sum(s.stat_tokens for s in out), sum(s.tokens for s in out), prompt_only)
     log.info("calibration: %d sequences, %d tokens from %s", len(out),
              sum(s.tokens for s in out), p)
     return out

@@ -92,6 +92,10 @@ class PruneConfig:
         1, metavar="N", help="save the activations for --resume every N layers (0: never)")
     max_sequences: int | None = option(None, help="use only the first N calibration lines")
     backend: str | None = option(None, help="force an op backend (see `ssgr info`)")
+    calib_tokens: str = option(
+        "all", choices=("all", "response"),
+        help="tokens that feed the Hessians / column norms: all, or only the response (after "
+             "each line's \"prompt_tokens\"); every token still runs through the model")
 
 
 def validate(cfg: PruneConfig) -> Pattern:
@@ -140,6 +144,8 @@ def validate(cfg: PruneConfig) -> Pattern:
                     re.compile(p[3:])
                 except re.error as exc:
                     raise PruneError(f"{flag} {p}: invalid regular expression ({exc})") from None
+    if cfg.calib_tokens not in ("all", "response"):
+        raise PruneError(f"--calib-tokens must be all or response, got {cfg.calib_tokens!r}")
     if cfg.calib and Path(cfg.calib).is_dir():
         raise PruneError(f"--calib {cfg.calib} is a directory; pass the CALIB.jsonl file")
     try:

@@ -135,6 +135,7 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
     seqs = load_calibration(
         cfg.calib, vocab_size=int(conf.vocab_size), max_tokens=min(int(ctx), MAX_TOKENS),
         tokenize=model_tokenizer(src), max_sequences=cfg.max_sequences,
+        calib_tokens=cfg.calib_tokens,
     )
     return _Setup(src, plan, fp, dtype, model, layer_prefix, layers, ckpt, targets, seqs, conv)
 

@@ -129,6 +129,13 @@ def test_no_think_gold_and_tokenizer(traces, tmp_path):
     for r in res.rows:
         assert r["input_ids"] == tok(r["text"], add_special_tokens=False)["input_ids"]
         assert r["num_tokens"] == len(r["input_ids"])
+        # prompt_tokens: the ids of the line that are the prompt's own ids
+        prompt = PROMPT.format(pid=r["problem_id"])
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        k = r["prompt_tokens"]
+        assert 0 < k <= len(p_ids) and k < r["num_tokens"]
+        assert r["input_ids"][:k] == p_ids[:k]
+        assert k == len(p_ids) or r["input_ids"][k] != p_ids[k]
     nt = sel(traces, "no-think", tmp_path / "n.jsonl", tokenizer=tok)
     assert _picks(nt) == _picks(res)
     r = next(r for r in nt.rows if r["problem_id"] == "P1")
@@ -192,6 +199,7 @@ def test_text_corpus_file(tmp_path):
                  max_length=100, num_sequences=3)
     assert [r["num_tokens"] for r in res.rows] == [100, 100, 100]
     assert all(r["source"] == "text:c.txt" and len(r["input_ids"]) == 100 for r in res.rows)
+    assert all(r["prompt_tokens"] == 0 for r in res.rows)
     res = sel(None, "text", tmp_path / "u.jsonl", tokenizer=tok, corpus=str(corpus),
                  max_length=100, token_budget=250)
     assert [r["num_tokens"] for r in res.rows] == [100, 100, 50]

@@ -6,6 +6,7 @@ from ssgr.data.verify import (
     answers_match,
     check_response,
     extract_answer,
+    is_placeholder,
     is_repetitive,
     parse_number,
     quality_flags,
@@ -32,6 +33,36 @@ from ssgr.data.verify import (
 )
 def test_extract_answer(response, expected):
     assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "19 * 2 = 36 ... The answer is \\boxed{}.",
+        "</think> The answer is \\boxed{ }.",
+        "</think> \\boxed{?}",
+        "</think> The final answer is \\boxed{answer}.",
+        "</think> \\boxed{...}",
+        "</think> \\boxed{\\ldots}",
+        "</think> \\boxed{\\text{Your Answer}}",
+        "</think> \\fbox{}",
+        # the last box decides: an empty box after a non-empty one is no answer
+        "</think> maybe \\boxed{38}, so the answer is \\boxed{}.",
+        "</think> Answer: ?",
+        "</think> The answer is ...",
+    ],
+)
+def test_placeholder_box_is_no_answer(response):
+    assert extract_answer(response) is None
+    v = check_response(response, "38", "stop")
+    assert v.answer is None and not v.correct and "no_answer" in v.flags
+
+
+def test_real_answers_are_not_placeholders():
+    assert is_placeholder("") and is_placeholder(" ? ") and is_placeholder("\\_\\_")
+    for real in ("0", "x", "-1", "\\frac{1}{2}", "answer 5", "A"):
+        assert not is_placeholder(real), real
+    assert extract_answer("</think> \\boxed{} then \\boxed{0}") == "0"
 
 
 def test_boxed_unbalanced_is_ignored():
@@ -111,3 +142,21 @@ def test_quality_flags_and_check_response():
     assert v.correct and v.answer == "3" and v.flags == ["repetition"]
     v = check_response("ok </think> \\boxed{4}", "3", "stop", prompt)
     assert (v.answer, v.correct, v.flags) == ("4", False, [])
+
+
+def test_one_op_source_solutions_verify_and_levels():
+    # builtin:one-op (ssgr.data.problems): each solution's box is its answer; levels as documented
+    from ssgr.data.problems import ONE_OP_EXAMPLE, load_problems
+
+    ps = load_problems("builtin:one-op?n=50&seed=2")
+    assert ps == load_problems("builtin:one-op?n=50&seed=2") != load_problems("builtin:one-op?n=50")
+    for p in ps:
+        assert answers_match(extract_answer(p.solution), p.answer), p
+        assert p.question.startswith(ONE_OP_EXAMPLE) and p.level == 1 + int(p.id[-5:]) % 5
+        a, op, b = p.question.removeprefix(ONE_OP_EXAMPLE).removeprefix("What is ")[:-1].split()
+        assert op == {1: "+", 2: "+", 3: "+", 4: "-", 5: "*"}[p.level]
+        assert int(p.answer) >= 0 and len(a) <= 2 and len(b) <= 2
+    bare = load_problems("builtin:one-op?n=5&shot=0&levels=4")
+    assert all(p.question.startswith("What is ") and p.level == 4 for p in bare)
+    with pytest.raises(ValueError, match="shot must be 0 or 1"):
+        load_problems("builtin:one-op?shot=2")

@@ -70,6 +70,14 @@ def test_metrics_hand_checked():
     assert ln["pass@1"] == 0.0 and ln["mean_response_tokens"] == 5.0
 
 
+def test_per_problem_scores_and_ci():
+    m = metrics_from_traces(TRACES, PROBLEMS, k=4)
+    assert m["per_problem"] == {"a": 0.5, "b": 1.0, "c": 0.25, "d": 0.0}
+    ci = m["overall"]["pass@1_ci"]
+    assert ci["estimate"] == pytest.approx(m["overall"]["pass@1"])
+    assert 0.0 <= ci["lo"] < ci["estimate"] < ci["hi"] <= 1.0 and ci["problems"] == 4
+
+
 def test_pass_at_1_is_mean_over_problems_not_samples():
     # unequal per-problem correctness: pass@1 averages per-problem rates (same k -> same as samples)
     probs = PROBLEMS[:2]

@@ -9,7 +9,7 @@ import pytest
 
 from ssgr.data.traces import read_traces
 from ssgr.eval import cli as eval_cli
-from ssgr.eval.accuracy import evaluate, metrics_from_traces, select_problems
+from ssgr.eval.accuracy import evaluate, metrics_from_traces, per_problem_scores, select_problems
 
 SRC = "builtin:arith?n=100&levels=1"
 
@@ -30,6 +30,13 @@ def test_sampled_eval_writes_json_and_traces(tmp_path):
     held = {p.id for p in select_problems(SRC, split="heldout")}
     assert {t.problem_id for t in traces} == {p.id for p in probs} <= held
     assert res["overall"] == metrics_from_traces(traces, probs, 2)["overall"]
+    assert list(res["per_problem"]) == [p.id for p in probs]
+    assert per_problem_scores(res) == res["per_problem"]
+    # a result of an older ssgr (no per_problem) is rescored from its traces
+    old = {k: v for k, v in res.items() if k != "per_problem"}
+    assert per_problem_scores(old) == res["per_problem"]
+    ci = res["overall"]["pass@1_ci"]
+    assert ci["lo"] <= res["overall"]["pass@1"] <= ci["hi"] and ci["problems"] == 6
     assert (
         res["k"] == 2 and res["settings"]["temperature"] == 0.6 and res["settings"]["top_p"] == 0.95
     )
@@ -70,7 +77,8 @@ def test_cli_greedy(tmp_path, capsys):
     )
     assert args.func(args) == 0
     text = capsys.readouterr().out
-    assert "k=1, greedy" in text and text.splitlines()[-2].startswith("all")
+    assert "k=1, greedy" in text and text.splitlines()[-3].startswith("all")
+    assert text.splitlines()[-2].startswith("pass@1 ") and "95% bootstrap CI over 5" in text
     res = json.loads((tmp_path / "G.json").read_text())
     assert res["k"] == 1 and res["greedy"] and res["settings"]["temperature"] == 0.0
     assert res["overall"]["samples"] == 5
