@@ -121,7 +121,12 @@ class RunConfig:
         help="generation backend for the calibration traces",
     )
     server: str | None = option(
-        None, help="OpenAI-compatible server URL (--generator openai; MODEL is the served name)"
+        None, help="OpenAI-compatible server URL, or several comma-separated (--generator openai; "
+        "MODEL is the served name; requests go to the server with the fewest outstanding)"
+    )
+    concurrency_per_server: int | None = option(
+        None, help="--generator openai: most requests in flight on one server (default: no cap "
+        "beyond the batch)",
     )
     tokenizer: str | None = option(
         None, help="--generator openai: local tokenizer path to format prompts (default: the "
@@ -174,7 +179,7 @@ _OWNED = ("run_config.json", "run_key.json", "problems.jsonl", "traces.jsonl",
           "traces.jsonl.meta.json", "calib", "pruned", "eval", "ppl", "results.json",
           "results.png", "draws", "generate_cost.json")
 #: Settings that do not change any artifact (``calib_seeds``: each draw has its own files).
-_UNKEYED = ("out", "quick", "overwrite", "ablations", "calib_seeds")
+_UNKEYED = ("out", "quick", "overwrite", "ablations", "calib_seeds", "concurrency_per_server")
 
 
 def run_key(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
@@ -404,7 +409,8 @@ def _generate_stage(cfg: RunConfig, model_dir: Path, problems: Path, traces: Pat
         cfg.model if openai else str(model_dir), problems, traces, generator=cfg.generator,
         server=cfg.server, n=cfg.n, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
         limit=cfg.calib_problems, device=cfg.device, split="calib",
-        backend_kwargs={"tokenizer": cfg.tokenizer or str(model_dir)} if openai else None,
+        backend_kwargs={"tokenizer": cfg.tokenizer or str(model_dir),
+                        "concurrency_per_server": cfg.concurrency_per_server} if openai else None,
     )
     if stats.written or not cost_path.is_file():
         cost = {"seconds": cost["seconds"] + stats.seconds,
