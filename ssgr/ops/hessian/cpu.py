@@ -18,12 +18,9 @@ def hessian(H: torch.Tensor, X: torch.Tensor, block: int = SYRK_BLOCK,
             chunk: int = reference.HESSIAN_CHUNK) -> None:
     """``H[d, d] += X^T X`` computing only the upper block triangle (a blocked SYRK).
 
-    X ``[t, d]`` is upcast and multiplied ``chunk`` tokens at a time
-    (:data:`~ssgr.ops.hessian.reference.HESSIAN_CHUNK`, 256: each chunk's sum is added to H with
-    one rounding per entry, the accumulation order of IST's per-sequence ``add_batch``); for every
-    column block ``j`` one GEMM adds ``X[:, :j1]^T X[:, j]`` into ``H[:j1, j]`` (about half the
-    multiply-adds of the full product), then each strictly-lower block is copied from its
-    transpose. H must be symmetric on entry (as
+    X ``[t, d]`` is upcast chunk by chunk; for every column block ``j`` one GEMM adds
+    ``X[:, :j1]^T X[:, j]`` into ``H[:j1, j]`` (about half the multiply-adds of the full product),
+    then each strictly-lower block is copied from its transpose. H must be symmetric on entry (as
     every accumulated Hessian is); the result is then exactly symmetric outside the diagonal
     blocks and symmetric to fp32 rounding inside them. The GEMMs run in IEEE float32 whatever the
     global ``torch.set_float32_matmul_precision`` (:func:`ssgr.ops._precision.ieee_fp32`).
