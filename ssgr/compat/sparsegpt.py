@@ -32,9 +32,16 @@ Interface (same as upstream):
 
 ``H`` and ``nsamples`` keep IST's semantics: ``nsamples`` counts samples (sequences), and after
 any number of batches ``H = 2 / nsamples * sum X^T X`` (fp32, ``[columns, columns]``, on the
-layer's device). Each batch rescales H to the raw sum, adds ``X^T X`` with
-:func:`ssgr.ops.hessian_accumulate` (no scaled fp32 copy of the input), and rescales back; this
-equals IST's running average up to fp32 rounding. ``tokens`` additionally counts rows of X.
+layer's device). Each batch's ``X^T X`` is computed in fp32 with
+:func:`ssgr.ops.hessian_accumulate` (no scaled copy of the input) and added to a float64 raw sum
+``sum X^T X`` (a second ``[columns, columns]`` buffer, 8 bytes per entry); ``H`` is then rewritten
+in place as ``2 / nsamples`` times that sum, so it carries one fp32 rounding, none accumulated
+over batches. IST's running average (``H *= n / (n + b)``, then ``H += (sqrt(2 / n) X)^T
+(sqrt(2 / n) X)``) rounds H twice per batch; rescaling the running fp32 H per batch, as this class
+did before, had twice IST's error on SmolLM2-135M's layer-0 ``down_proj`` (README, "SparseGPT
+numerics on real activations"). An H the caller replaced or edited in place between batches is
+honoured (the raw sum restarts from it, as IST's running average would). ``tokens`` additionally
+counts rows of X.
 
 Differences from upstream, by design: nothing is printed (the time and loss go to ``logging`` at
 INFO and are returned as a :class:`ssgr.ops.SparseGPTResult`); a failing Cholesky is retried
@@ -135,6 +142,10 @@ class SparseGPT:
         )
         self.nsamples = 0
         self.tokens = 0
+        # sum X^T X in float64 (allocated by the first batch), and the H it last wrote (the
+        # tensor and its in-place version counter), to notice an H the caller replaced or edited
+        self._sum: torch.Tensor | None = None
+        self._written: tuple[torch.Tensor, int] | None = None
 
     def __repr__(self) -> str:
         return (f"SparseGPT({self.name}: rows={self.rows}, columns={self.columns}, "
@@ -162,12 +173,26 @@ class SparseGPT:
         if X.shape[0] == 0:
             return
         total = self.nsamples + samples
-        # H = 2/n_old * S_old  ->  S_old + X^T X  ->  2/n_new * S_new
-        self.H.mul_(self.nsamples / 2)
+        if not self._sum_matches_H():
+            # first batch, or the caller set H: the raw sum restarts from H = 2/n * S
+            self._sum = self.H.detach().to(torch.float64) * (self.nsamples / 2)
+        # this batch's X^T X in fp32 (in H's storage, rewritten below), added to the fp64 sum,
+        # then H = 2/n * S in place: one rounding of H, none accumulated over batches
+        self.H.zero_()
         hessian_accumulate(self.H, X.to(self.H.device), backend=self.backend)
-        self.H.mul_(2 / total)
+        self._sum.add_(self.H)
+        torch.mul(self._sum, 2 / total, out=self.H)
+        self._written = (self.H, self.H._version)
         self.nsamples = total
         self.tokens += int(X.shape[0])
+
+    def _sum_matches_H(self) -> bool:
+        """True when ``H`` is still the tensor the last batch wrote from the raw sum, unedited
+        (same object, same in-place version counter)."""
+        if self._sum is None or self._written is None:
+            return False
+        H, version = self._written
+        return self.H is H and H._version == version
 
     def fasterprune(
         self,
@@ -230,7 +255,7 @@ class SparseGPT:
             msg = str(exc)
             raise InputError(msg if msg.startswith(who) else f"{who}: {msg}") from None
         write_weight_2d(self.layer, self._kind, res.weight)
-        self.H = None
+        self.free()
         log.info("%s: pruned %s in %.2fs, loss %.4g, damping %g", self.name, pattern,
                  time.perf_counter() - tick, res.loss, res.damping)
         return res
@@ -298,5 +323,7 @@ class SparseGPT:
         return SparseGPTResult(Q.to(W.dtype), keep, loss, damping)
 
     def free(self) -> None:
-        """Release the Hessian (upstream's ``free``)."""
+        """Release the Hessian and its raw sum (upstream's ``free``)."""
         self.H = None
+        self._sum = None
+        self._written = None

