@@ -34,6 +34,7 @@ from . import moe
 from .calib import CalibSequence
 from .capture import LayerKwargs, slice_kwargs
 from .config import PruneConfig
+from .dist import DistContext
 from .errors import ActivationError, PruneError
 from .layers import (
     STAGE_PROBE_TOKENS,
@@ -73,6 +74,9 @@ class RunParts:
     hidden_size: int
     store_estimate: int
     records: list[ModuleRecord] = field(default_factory=list)
+    #: Under torchrun: this rank's place in the process group (``seqs`` are then this rank's
+    #: share only, and the statistics are summed over ranks before pruning).
+    dist: DistContext | None = None
 
 
 class LayerContext:
@@ -282,6 +286,7 @@ class LayerContext:
         run = self.run
         group = self.plan.groups[gi]
         d = self.plan.in_features[gi]
+        self._reduce(gi, acc)
         if moe.is_expert_group(group, self.mods):
             ename, pname = moe.expert_param(group[0])
             experts = self.mods[ename]
@@ -305,6 +310,20 @@ class LayerContext:
             for name in group:
                 self._prune_matrix(name, group_name(group), self.mods[name].weight.data, acc,
                                    H, dead, fallback)
+
+    def _reduce(self, gi: int, acc: HessianAccumulator | moe.ExpertStats | None) -> None:
+        """Under torchrun: an error check, then group ``gi``'s statistics summed over ranks
+        (:meth:`~ssgr.prune.dist.DistContext.reduce_stats`; per expert for a fused MoE
+        parameter, in expert order). Every rank calls it for the same groups in the same order."""
+        dist = self.run.dist
+        if dist is None:
+            return
+        name = f"layer {self.li} {self.prefix}.{group_name(self.plan.groups[gi])}"
+        with self.run.timer.stage("allreduce"):
+            dist.check(where=f"before the statistics of {name}")
+            accs = acc.accs if isinstance(acc, moe.ExpertStats) else [acc]
+            for e, a in enumerate(accs or []):
+                dist.reduce_stats(a, name if len(accs) == 1 else f"{name} expert {e}")
 
     def may_cache(self, structural: bool, in_features: int) -> bool:
         """Keep the last group's inputs (o_proj's, down_proj's) in the store, so the sub-module
