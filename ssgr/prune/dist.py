@@ -170,6 +170,18 @@ class DistContext:
                 tdist.all_reduce(t)
         return t
 
+    def broadcast_(self, t: torch.Tensor, src: int, what: str) -> torch.Tensor:
+        """Overwrite ``t`` with rank ``src``'s ``t`` (in place; on a gloo group a CUDA tensor
+        goes through the CPU). Returns ``t``."""
+        with self._collective(f"broadcast of {what}"):
+            if t.device != self._comm_device or not t.is_contiguous():
+                tmp = t.to(self._comm_device).contiguous()
+                tdist.broadcast(tmp, src=src)
+                t.copy_(tmp)
+            else:
+                tdist.broadcast(t, src=src)
+        return t
+
     def reduce_stats(self, acc, what: str) -> None:
         """Sum one accumulator's statistics over ranks in place: the Hessian sum ``H[d, d]``
         (fp32; its gather buffer flushed first) or the column squared norms ``[d]``, and the

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from ssgr.prune.dist import split_by_tokens
 from ssgr.prune.engine import PruneConfig, prune_model
+from ssgr.prune.orders import assign_work
 
 #: The uneven split: one long sequence and two short ones over 2 ranks -> [0] and [1, 2].
 LENGTHS = [200, 20, 9]
@@ -32,6 +33,7 @@ WORKER = textwrap.dedent('''
     import torch.distributed as dist
     from ssgr.prune import orders
     from ssgr.prune.engine import PruneConfig, prune_model
+from ssgr.prune.orders import assign_work
     from ssgr.prune.errors import ActivationError
 
     torch.set_num_threads(1)
@@ -94,6 +96,14 @@ def test_split_by_tokens_longest_first_into_lightest_rank():
     assert split_by_tokens([3, 9, 4, 8, 1], 3) == [[1], [3], [0, 2, 4]]  # 9 | 8 | 4+3+1
     assert split_by_tokens([7], 3) == [[0], [], []]
     assert split_by_tokens([], 2) == [[], []]
+
+
+def test_assign_work_spreads_cost_over_ranks():
+    # q (64x64), k, v (32x64): cost cols^3 + rows*cols^2 -> q alone on rank 0, k and v on rank 1
+    costs = [64**3 + 64 * 64**2, 64**3 + 32 * 64**2, 64**3 + 32 * 64**2]
+    assert assign_work(costs, 2) == [0, 1, 1]
+    assert assign_work(costs, 1) == [0, 0, 0]
+    assert assign_work([5, 5], 4) == [0, 1]
 
 
 JOBS = [  # (family, method, order, sparsity)
