@@ -52,6 +52,7 @@ from .errors import (
     is_disk_full,
 )
 from .layers import (
+    STAGE_PROBE_TOKENS,
     LayerPlan,
     _matches,
     find_decoder_layers,
@@ -307,23 +308,27 @@ def _owned_names(s: _Setup) -> list[str]:
             + [loader.INDEX, "config.json", REPORT, STATE_DIR] + loader.copied_files(s.src))
 
 
-def _share(s: _Setup, d: DistContext | None) -> list[CalibSequence]:
-    """This rank's calibration sequences (:func:`~ssgr.prune.dist.split_by_tokens`); all of them
-    without torchrun.
-
-    Raises:
-        PruneError when some rank would get no sequence (more ranks than sequences)."""
+def _share(s: _Setup, d: DistContext | None) -> tuple[list[CalibSequence], list[CalibSequence]]:
+    """This rank's calibration sequences (:func:`~ssgr.prune.dist.split_by_tokens`; all of them
+    without torchrun), as ``(run, counted)``: the sequences it runs through the layers and the
+    ones its statistics count. A rank left without a sequence (more ranks than sequences) runs
+    a probe instead: the first tokens of the first sequence with no statistics positions, so it
+    takes part in every layer's structure probe and collectives and adds nothing."""
     if d is None:
-        return s.seqs
+        return s.seqs, s.seqs
     shares = split_by_tokens([q.tokens for q in s.seqs], d.world)
-    if any(not sh for sh in shares):
-        raise PruneError(
-            f"torchrun started {d.world} ranks for {len(s.seqs)} calibration sequence(s): each "
-            "rank needs at least one; start at most that many (--nproc-per-node)")
-    mine = [s.seqs[i] for i in shares[d.rank]]
     log.info("torchrun: sequences per rank %s, tokens per rank %s",
              [len(sh) for sh in shares], [sum(s.seqs[i].tokens for i in sh) for sh in shares])
-    return mine
+    mine = [s.seqs[i] for i in shares[d.rank]]
+    if mine:
+        return mine, mine
+    first = s.seqs[0]
+    t = min(first.tokens, max(PROBE_TOKENS, STAGE_PROBE_TOKENS))
+    probe = CalibSequence(first.input_ids[:, :t], first.line, {"probe": True},
+                          torch.empty(0, dtype=torch.int64))
+    log.warning("torchrun: %d ranks for %d calibration sequence(s): this rank has none and runs "
+                "a %d-token probe that adds no statistics", d.world, len(s.seqs), t)
+    return [probe], []
 
 
 def _prepare_state(cfg: PruneConfig, s: _Setup, d: DistContext | None
@@ -365,7 +370,7 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
             remove_leftovers(out, finished=True)
         log.info("%s is already complete; nothing to resume", cfg.out)
         return json.loads((out / REPORT).read_text())
-    seqs = _guarded(d, "splitting the calibration set", _share, s, d)
+    seqs, counted = _guarded(d, "splitting the calibration set", _share, s, d)
     state, start, records = _guarded(d, "preparing --out", _prepare_state, cfg, s, d)
     timer = Timer(device)
 
@@ -418,9 +423,9 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
     if d is not None:
         with timer.stage("allreduce"):
             ranks = d.gather_objects({
-                "rank": d.rank, "device": str(device), "sequences": len(seqs),
-                "tokens": sum(q.tokens for q in seqs),
-                "statistics_tokens": sum(q.stat_tokens for q in seqs),
+                "rank": d.rank, "device": str(device), "sequences": len(counted),
+                "tokens": sum(q.tokens for q in counted),
+                "statistics_tokens": sum(q.stat_tokens for q in counted),
                 "wall_s": wall, "breakdown_s": dict(timer.seconds),
             })
     report = build_report(

@@ -33,7 +33,6 @@ WORKER = textwrap.dedent('''
     import torch.distributed as dist
     from ssgr.prune import orders
     from ssgr.prune.engine import PruneConfig, prune_model
-from ssgr.prune.orders import assign_work
     from ssgr.prune.errors import ActivationError
 
     torch.set_num_threads(1)
@@ -129,6 +128,10 @@ def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
     fail = cfg(*JOBS[0], tmp_path / "fail")
     jobs.append({"cfg": fail, "fail_rank": 1, "result": str(tmp_path / "fail")})
     jobs.append({"cfg": {**fail, "resume": True}, "result": str(tmp_path / "resume")})
+    # one sequence over 2 ranks: rank 1 runs only a probe
+    one = random_calib(tmp_path / "one.jsonl", [40])
+    jobs.append({"cfg": {**cfg(*JOBS[1], tmp_path / "one"), "calib": str(one)},
+                 "result": str(tmp_path / "one")})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     (tmp_path / "worker.py").write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -160,3 +163,8 @@ def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
     assert "injected failure" in e0["error"]
     assert result("resume", 0)["ok"] and result("resume", 1)["ok"]
     _same(tmp_path / "single0", tmp_path / "fail")
+    r0 = result("one", 0)
+    assert r0["ok"] and result("one", 1)["ok"]
+    assert [r["tokens"] for r in r0["distributed"]["ranks"]] == [40, 0]
+    prune_model(PruneConfig(**{**cfg(*JOBS[1], tmp_path / "one_single"), "calib": str(one)}))
+    _same(tmp_path / "one_single", tmp_path / "one")
