@@ -215,7 +215,7 @@ def _prune_in_order(run: RunParts, s: _Setup, li: int, layer: nn.Module, prefix:
         LayerContext(run, li, layer, LayerPlan(groups=[], in_features=[])).forward_all("out")
     else:
         x0 = store.get("in", 0)[:, :PROBE_TOKENS]
-        kw0 = slice_kwargs(run.kwargs(0), x0.shape[1], s.seqs[0].tokens)
+        kw0 = slice_kwargs(run.kwargs(0), x0.shape[1], run.seqs[0].tokens)
         plan = plan_layer(layer, targets, x0, kw0, want_staged=order.staged)
         if order.staged and not plan.staged:
             raise PruneError(
@@ -384,7 +384,7 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
             del rest
         with timer.stage("capture"):
             kwargs = capture(s.model, s.layers[0], seqs, store, device, s.dtype,
-                             keep_hidden=start == 0)
+                             keep_hidden=start == 0, progress=writes)
         if start > 0:
             with timer.stage("io"):
                 state.restore(store, "in", start)

@@ -24,8 +24,9 @@ from ssgr.prune.dist import split_by_tokens
 from ssgr.prune.engine import PruneConfig, prune_model
 from ssgr.prune.orders import assign_work
 
-#: The uneven split: one long sequence and two short ones over 2 ranks -> [0] and [1, 2].
-LENGTHS = [200, 20, 9]
+#: The uneven split: one long sequence and two short ones over 2 ranks -> [0] and [1, 2]
+#: (rank 1's first sequence is longer than the structure probe).
+LENGTHS = [200, 60, 9]
 
 WORKER = textwrap.dedent('''
     import json, sys
@@ -151,7 +152,7 @@ def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
         r0, r1 = result(f"dist{i}", 0), result(f"dist{i}", 1)
         assert r0["ok"] and r1["ok"], (r0, r1)
         ranks = r0["distributed"]["ranks"]
-        assert [r["tokens"] for r in ranks] == [200, 29]
+        assert [r["tokens"] for r in ranks] == [200, 69]
         assert r0["tokens"] == sum(LENGTHS)  # the report counts the global calibration set
         assert "allreduce" in r0["breakdown"]
         assert not (tmp_path / f"dist{i}" / ".ssgr_state").exists()
