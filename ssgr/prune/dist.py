@@ -113,7 +113,6 @@ class DistContext:
     device: torch.device
     backend: str
     timeout_s: float
-    _filters: tuple = ()
     #: Whether :func:`from_env` initialised the process group (then :meth:`close` destroys it;
     #: a group the caller initialised is left to the caller).
     owns_group: bool = False
@@ -213,11 +212,8 @@ class DistContext:
         return out
 
     def close(self) -> None:
-        """Leave the process group and remove the logging filters."""
-        root = logging.getLogger()
-        for h in root.handlers:
-            for f in self._filters:
-                h.removeFilter(f)
+        """Leave the process group (when :func:`from_env` joined it). The logging filters stay,
+        so the CLI's last ERROR line still names the rank."""
         if self.owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
 
@@ -262,8 +258,9 @@ def from_env(backend: str, timeout_s: float, device: torch.device) -> DistContex
         filters.append(_Rank0Info())
     for h in logging.getLogger().handlers:
         for f in filters:
-            h.addFilter(f)
-    ctx = DistContext(rank, world, device, backend, timeout_s, tuple(filters), owns)
+            if not any(type(g) is type(f) for g in h.filters):  # once per process
+                h.addFilter(f)
+    ctx = DistContext(rank, world, device, backend, timeout_s, owns)
     log.info("torchrun: rank %d of %d on %s (%s)", rank, world, device, backend)
     return ctx
 
