@@ -309,7 +309,7 @@ def _check_kwargs(kw: dict[str, Any], li: int, prefix: str, model: nn.Module) ->
 @torch.no_grad()
 def capture(
     model: nn.Module, layer0: nn.Module, seqs: list[CalibSequence], store: ActivationStore,
-    device: torch.device, dtype: torch.dtype, keep_hidden: bool,
+    device: torch.device, dtype: torch.dtype, keep_hidden: bool, progress: bool = True,
 ) -> LayerKwargs:
     """Run every sequence through the embeddings; returns every layer's keyword arguments.
 
@@ -322,6 +322,7 @@ def capture(
         device: the compute device.
         dtype: the activation dtype.
         keep_hidden: False on ``--resume`` (the inputs come from the checkpoint).
+        progress: show the progress bar (False on torchrun ranks other than 0).
     Raises:
         PruneError when the forward never reaches layer 0 or skips a layer, or passes a KV cache
         or an explicit attention mask (other than causal / sliding-window causal) to a layer.
@@ -364,7 +365,8 @@ def capture(
     for li, layer in enumerate(layers):
         layer.forward = recorder(li, inspect.signature(layer.forward))
     try:
-        for i, s in enumerate(tqdm(seqs, desc="capture layer-0 inputs", unit="seq", leave=False)):
+        for i, s in enumerate(tqdm(seqs, desc="capture layer-0 inputs", unit="seq", leave=False,
+                                          disable=not progress)):
             box.clear()
             try:
                 model(input_ids=s.input_ids, use_cache=False)

@@ -27,16 +27,20 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``ssgr prune`` from parsed arguments; prints the table, returns 0.
+    """Run ``ssgr prune`` from parsed arguments; prints the table (rank 0 only under torchrun),
+    returns 0.
 
     Raises:
         the errors of :func:`ssgr.prune.engine.prune_model`.
     """
+    from .dist import torchrun_env
     from .engine import prune_model
     from .report import format_table
 
     report = prune_model(from_args(PruneConfig, args))
-    sys.stdout.write(format_table(report) + "\n")
+    env = torchrun_env()
+    if env is None or env["rank"] == 0:  # under torchrun rank 0 prints the table
+        sys.stdout.write(format_table(report) + "\n")
     return 0
 
 

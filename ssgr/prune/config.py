@@ -27,7 +27,7 @@ from .store import parse_bytes
 
 #: Fields of :class:`PruneConfig` that do not change the resulting weights (not fingerprinted).
 NOT_NUMERIC = ("out", "offload", "max_activation_memory", "overwrite", "resume",
-               "checkpoint_every")
+               "checkpoint_every", "dist_backend", "dist_timeout")
 
 
 #: Default ``--min-tokens``: a module no calibration token reached falls back to magnitude.
@@ -96,6 +96,13 @@ class PruneConfig:
         "all", choices=("all", "response"),
         help="tokens that feed the Hessians / column norms: all, or only the response (after "
              "each line's \"prompt_tokens\"); every token still runs through the model")
+    dist_backend: str = option(
+        "auto", choices=("auto", "gloo", "nccl"),
+        help="under torchrun: the torch.distributed backend (auto: nccl on CUDA, gloo on CPU)")
+    dist_timeout: float = option(
+        600.0, metavar="SECONDS",
+        help="under torchrun: timeout of each collective; a rank that died or hangs stops the "
+             "others after this long at most")
 
 
 def validate(cfg: PruneConfig) -> Pattern:

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,12 @@ from tqdm.auto import tqdm
 from ssgr.io import claim_files, output_lock, remove_owned
 from ssgr.models.checks import ModelDirError, check_model_dir
 
+from . import dist as dist_mod
 from . import loader, moe
 from .calib import MAX_TOKENS, CalibSequence, load_calibration, model_tokenizer
 from .capture import capture, slice_kwargs
 from .config import PruneConfig, check_out_writable, resolve_device, validate
+from .dist import DistContext, DistError, split_by_tokens
 from .errors import (
     MissingFileError,
     ModelError,
@@ -49,6 +52,7 @@ from .errors import (
     is_disk_full,
 )
 from .layers import (
+    STAGE_PROBE_TOKENS,
     LayerPlan,
     _matches,
     find_decoder_layers,
@@ -99,10 +103,12 @@ class _Setup:
     conv: loader.KeyConversion | None = None
 
 
-def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
+def _setup(cfg: PruneConfig, device: torch.device, writer: bool = True) -> _Setup:
     """Check the inputs and read what the run needs before it writes anything.
 
-    Returns early (``plan.complete``) for ``--resume`` of a finished run.
+    Returns early (``plan.complete``) for ``--resume`` of a finished run. ``writer`` False (a
+    torchrun rank other than 0): no fingerprint and no look at ``--out`` (``plan`` is None;
+    the engine sends rank 0's).
     """
     src = loader.resolve_model_dir(cfg.model)
     if not Path(cfg.calib).is_file():
@@ -111,9 +117,12 @@ def _setup(cfg: PruneConfig, device: torch.device) -> _Setup:
         check_model_dir(src, need_weights=True)
     except ModelDirError as exc:
         raise ModelError(str(exc)) from None
-    fp = fingerprint(cfg, src, device)
-    plan = prepare_out(cfg, src, fp)
-    if plan.complete:
+    if not writer:
+        fp, plan = {}, None
+    else:
+        fp = fingerprint(cfg, src, device)
+        plan = prepare_out(cfg, src, fp)
+    if plan is not None and plan.complete:
         return _Setup(src, plan, fp)
     config = loader.load_config(src)
     ckpt = loader.SafetensorsCheckpoint(src)
@@ -149,13 +158,15 @@ def _layer_targets(layer: nn.Module, prefix: str, cfg: PruneConfig) -> list[str]
     return lin + moe.select_expert_targets(layer, prefix, cfg.targets, cfg.ignore, _matches)
 
 
-def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[ActivationStore, dict]:
-    """Size the activation store (2 slots of ``tokens x hidden``, 3 for ``module`` order) and
-    pick where it lives (:func:`~ssgr.prune.store.choose_store`). Returns the store and its
-    report entry."""
+def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device, seqs: list[CalibSequence],
+                rank: int | None = None) -> tuple[ActivationStore, dict]:
+    """Size the activation store (2 slots of ``tokens x hidden``, 3 for ``module`` order) for
+    ``seqs`` (this rank's share under torchrun) and pick where it lives
+    (:func:`~ssgr.prune.store.choose_store`; a disk store of torchrun rank ``rank`` has its own
+    folder). Returns the store and its report entry."""
     conf = s.model.config
     hidden = int(conf.hidden_size)
-    tokens = sum(q.tokens for q in s.seqs)
+    tokens = sum(q.tokens for q in seqs)
     slots = 3 if cfg.sequential == "module" else 2
     esize = torch.empty((), dtype=s.dtype).element_size()
     need = slots * tokens * hidden * esize
@@ -163,15 +174,17 @@ def _open_store(cfg: PruneConfig, s: _Setup, device: torch.device) -> tuple[Acti
     reserve = layer_bytes + 4 * 4 * int(getattr(conf, "intermediate_size", hidden)) ** 2
     kind, reason = choose_store(cfg.offload, device, need, parse_bytes(
         cfg.max_activation_memory), reserve)
-    store = ActivationStore(kind, device, s.plan.out / STATE_DIR / "store")
+    folder = "store" if rank is None else f"store.rank{rank}"
+    store = ActivationStore(kind, device, s.plan.out / STATE_DIR / folder)
     log.info("activation store: %s (%s)", kind, reason)
     return store, {"kind": kind, "reason": reason, "estimate_bytes": need}
 
 
 @torch.no_grad()
-def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter) -> None:
-    """Load, prune (in ``--sequential`` order), write and release layer ``li``; its outputs
-    become slot ``in`` (the next layer's inputs)."""
+def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter | None) -> None:
+    """Load, prune (in ``--sequential`` order), write (unless ``writer`` is None: a torchrun
+    rank other than 0) and release layer ``li``; its outputs become slot ``in`` (the next
+    layer's inputs)."""
     timer, store = run.timer, run.store
     prefix = f"{s.layer_prefix}.{li}"
     layer = s.layers[li]
@@ -187,8 +200,9 @@ def _prune_layer(run: RunParts, s: _Setup, li: int, writer: loader.OutputWriter)
         raise err from exc
     store.swap("in", "out")
     store.clear("out")
-    with timer.stage("io"):
-        writer.write_layer(li, loader.layer_tensors(layer, prefix))
+    if writer is not None:
+        with timer.stage("io"):
+            writer.write_layer(li, loader.layer_tensors(layer, prefix))
     loader.release_layer(layer)
 
 
@@ -202,7 +216,7 @@ def _prune_in_order(run: RunParts, s: _Setup, li: int, layer: nn.Module, prefix:
         LayerContext(run, li, layer, LayerPlan(groups=[], in_features=[])).forward_all("out")
     else:
         x0 = store.get("in", 0)[:, :PROBE_TOKENS]
-        kw0 = slice_kwargs(run.kwargs(0), x0.shape[1], s.seqs[0].tokens)
+        kw0 = slice_kwargs(run.kwargs(0), x0.shape[1], run.seqs[0].tokens)
         plan = plan_layer(layer, targets, x0, kw0, want_staged=order.staged)
         if order.staged and not plan.staged:
             raise PruneError(
@@ -227,18 +241,29 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
         in seconds, which sums to at most ``wall_s`` (see :mod:`ssgr.prune.report`), peak memory
         in bytes, the activation store, overall sparsity, ``flagged`` module names) and
         ``fingerprint`` (:func:`~ssgr.prune.state.fingerprint`, checked by ``--resume``).
-        The whole run holds the lock of ``--out`` (:func:`ssgr.io.output_lock`).
+        Under torchrun (:mod:`ssgr.prune.dist`) also ``distributed``: the world size, backend
+        and per rank its sequences, tokens, wall time and breakdown; every rank returns it.
+        The whole run holds the lock of ``--out`` (:func:`ssgr.io.output_lock`; rank 0 under
+        torchrun).
     Raises:
         PruneError / CalibError / ActivationError (all :class:`~ssgr.errors.SSGRError` and
         ``ValueError``; MissingFileError is also a ``FileNotFoundError``) for bad input, naming
         the file and line, layer and module, and the fix; :class:`ssgr.io.OutputLockedError`
-        at once when another run holds ``--out`` (naming its pid).
+        at once when another run holds ``--out`` (naming its pid); under torchrun
+        :class:`~ssgr.prune.dist.DistError` on every rank when another rank failed (with its
+        message) or died.
     """
     t_start = time.perf_counter()
     pattern = validate(cfg)
     device = resolve_device(cfg.device)
-    check_out_writable(cfg.out)
+    d = dist_mod.from_env(cfg.dist_backend, cfg.dist_timeout, device)
     try:
+        if d is not None:
+            try:
+                return _run_dist(cfg, pattern, d, on_layer_done, t_start)
+            finally:
+                d.close()
+        check_out_writable(cfg.out)
         with output_lock(cfg.out, "--out"):
             return _run(cfg, pattern, device, on_layer_done, t_start)
     except PruneError:
@@ -249,85 +274,198 @@ def prune_model(cfg: PruneConfig, *, on_layer_done: LayerDone | None = None) -> 
         raise
 
 
+def _run_dist(cfg: PruneConfig, pattern: Pattern, d: DistContext,
+              on_layer_done: LayerDone | None, t_start: float) -> dict:
+    """:func:`_run` under torchrun: rank 0 takes the lock of ``--out`` (every rank learns
+    whether it could)."""
+    with ExitStack() as stack:
+        def take() -> None:
+            if d.is_writer:
+                check_out_writable(cfg.out)
+                stack.enter_context(output_lock(cfg.out, "--out"))
+        _guarded(d, "taking the lock of --out", take)
+        return _run(cfg, pattern, d.device, on_layer_done, t_start, d)
+
+
+def _guarded(d: DistContext | None, where: str, fn: Callable, *args):
+    """``fn(*args)``; under torchrun followed by an error check (:meth:`DistContext.check`), so a
+    failure on one rank stops every rank with its message."""
+    if d is None:
+        return fn(*args)
+    try:
+        out = fn(*args)
+    except DistError:
+        raise
+    except BaseException as exc:
+        d.check(exc, where)
+        raise
+    d.check(None, where)
+    return out
+
+
 def _owned_names(s: _Setup) -> list[str]:
     """Everything the run may write in ``--out`` (claimed in its manifest before writing)."""
     return ([loader.REST_SHARD] + [loader.layer_shard_name(i) for i in range(len(s.layers))]
             + [loader.INDEX, "config.json", REPORT, STATE_DIR] + loader.copied_files(s.src))
 
 
-def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done: LayerDone | None,
-         t_start: float) -> dict:
-    """:func:`prune_model` under the run lock of ``--out``."""
-    s = _setup(cfg, device)
+def _share(s: _Setup, d: DistContext | None) -> tuple[list[CalibSequence], list[CalibSequence]]:
+    """This rank's calibration sequences (:func:`~ssgr.prune.dist.split_by_tokens`; all of them
+    without torchrun), as ``(run, counted)``: the sequences it runs through the layers and the
+    ones its statistics count. A rank left without a sequence (more ranks than sequences) runs
+    a probe instead: the first tokens of the first sequence with no statistics positions, so it
+    takes part in every layer's structure probe and collectives and adds nothing."""
+    if d is None:
+        return s.seqs, s.seqs
+    shares = split_by_tokens([q.tokens for q in s.seqs], d.world)
+    log.info("torchrun: sequences per rank %s, tokens per rank %s",
+             [len(sh) for sh in shares], [sum(s.seqs[i].tokens for i in sh) for sh in shares])
+    mine = [s.seqs[i] for i in shares[d.rank]]
+    if mine:
+        return mine, mine
+    first = s.seqs[0]
+    t = min(first.tokens, max(PROBE_TOKENS, STAGE_PROBE_TOKENS))
+    probe = CalibSequence(first.input_ids[:, :t], first.line, {"probe": True},
+                          torch.empty(0, dtype=torch.int64))
+    log.warning("torchrun: %d ranks for %d calibration sequence(s): this rank has none and runs "
+                "a %d-token probe that adds no statistics", d.world, len(s.seqs), t)
+    return [probe], []
+
+
+def _prepare_state(cfg: PruneConfig, s: _Setup, d: DistContext | None
+                   ) -> tuple[RunState | None, int, list]:
+    """Empty or resume the output directory (rank 0 only under torchrun). Returns the run
+    state (None on other ranks), the first layer to prune and the saved module records.
+
+    Under torchrun the activation checkpoints are not written (each rank holds only its share),
+    so ``--resume`` recomputes from layer 0."""
+    if d is not None and not d.is_writer:
+        return None, 0, []
     out = s.plan.out
-    if s.plan.complete:
-        remove_leftovers(out, finished=True)
-        log.info("%s is already complete; nothing to resume", cfg.out)
-        return json.loads((out / REPORT).read_text())
     if s.plan.remove:
         log.warning("--overwrite: removing the files ssgr wrote in %s", out)
         remove_owned(out)
     claim_files(out, _owned_names(s))
     remove_leftovers(out, finished=False)
     state = RunState(out, s.fp, len(s.layers), len(s.seqs))
-    records = []
-    start = 0
-    if s.plan.state is not None:
+    if s.plan.state is not None and d is None:
         start = int(s.plan.state["ckpt_layer"])
-        records = state.load_records(start)
         log.info("resuming %s at layer %d", out, start)
-    else:
-        state.start()
-    store, store_info = _open_store(cfg, s, device)
-    timer = Timer(device)
-    writer = loader.OutputWriter(s.src, out, s.dtype, s.conv)
-    with timer.stage("io"):
-        rest = loader.load_outside_layers(s.model, s.ckpt, s.layer_prefix, s.dtype, s.conv)
-        writer.write_rest(rest)
-        del rest
-    with timer.stage("capture"):
-        kwargs = capture(s.model, s.layers[0], s.seqs, store, device, s.dtype,
-                         keep_hidden=start == 0)
-    if start > 0:
-        with timer.stage("io"):
-            state.restore(store, "in", start)
+        return state, start, state.load_records(start)
+    if s.plan.state is not None:
+        log.info("resuming %s under torchrun: the ranks recompute from layer 0", out)
+    state.start()
+    return state, 0, []
 
+
+def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done: LayerDone | None,
+         t_start: float, d: DistContext | None = None) -> dict:
+    """:func:`prune_model` under the run lock of ``--out``; ``d``: under torchrun."""
+    writes = d is None or d.is_writer
+    s = _guarded(d, "reading the model and the calibration set", _setup, cfg, device, writes)
+    if d is not None:
+        s.plan = d.broadcast_object(s.plan)
+    out = s.plan.out
+    if s.plan.complete:
+        if writes:
+            remove_leftovers(out, finished=True)
+        log.info("%s is already complete; nothing to resume", cfg.out)
+        return json.loads((out / REPORT).read_text())
+    seqs, counted = _guarded(d, "splitting the calibration set", _share, s, d)
+    state, start, records = _guarded(d, "preparing --out", _prepare_state, cfg, s, d)
+    timer = Timer(device)
+
+    def before_first_layer():
+        store, store_info = _open_store(cfg, s, device, seqs, None if d is None else d.rank)
+        writer = loader.OutputWriter(s.src, out, s.dtype, s.conv) if writes else None
+        with timer.stage("io"):
+            rest = loader.load_outside_layers(s.model, s.ckpt, s.layer_prefix, s.dtype, s.conv)
+            if writer is not None:
+                writer.write_rest(rest)
+            del rest
+        with timer.stage("capture"):
+            kwargs = capture(s.model, s.layers[0], seqs, store, device, s.dtype,
+                             keep_hidden=start == 0, progress=writes)
+        if start > 0:
+            with timer.stage("io"):
+                state.restore(store, "in", start)
+        return store, store_info, writer, kwargs
+
+    store, store_info, writer, kwargs = _guarded(d, "capturing the first layer's inputs",
+                                                 before_first_layer)
     run = RunParts(
-        cfg=cfg, pattern=pattern, device=device, dtype=s.dtype, seqs=s.seqs, store=store,
+        cfg=cfg, pattern=pattern, device=device, dtype=s.dtype, seqs=seqs, store=store,
         kwargs=kwargs, timer=timer, layer_prefix=s.layer_prefix,
         hidden_size=int(s.model.config.hidden_size), store_estimate=store_info["estimate_bytes"],
-        records=records,
+        records=records, dist=d,
     )
     n_layers = len(s.layers)
     bar = tqdm(range(start, n_layers), desc=f"{cfg.method} {pattern}", unit="layer",
-               initial=start, total=n_layers)
+               initial=start, total=n_layers, disable=not writes)
     for li in bar:
-        _prune_layer(run, s, li, writer)
-        state.save_records(run.records)
-        if state.due(li, cfg.checkpoint_every):
-            with timer.stage("checkpoint"):
-                state.checkpoint(store, "in", li + 1)
+        _prune_layer_checked(run, s, li, writer)
+        if state is not None:
+            state.save_records(run.records)
+            if d is None and state.due(li, cfg.checkpoint_every):
+                with timer.stage("checkpoint"):
+                    state.checkpoint(store, "in", li + 1)
         bar.set_postfix(store=fmt_bytes(store.peak_bytes))
         if on_layer_done is not None:
             on_layer_done(li)
     bar.close()
 
-    with timer.stage("io"):
-        writer.finish(n_layers)
+    if writer is not None:
+        with timer.stage("io"):
+            _guarded(d, "writing the index", writer.finish, n_layers)
+    elif d is not None:
+        d.check(None, "writing the index")
+    wall = time.perf_counter() - t_start
+    ranks = None
+    if d is not None:
+        with timer.stage("allreduce"):
+            ranks = d.gather_objects({
+                "rank": d.rank, "device": str(device), "sequences": len(counted),
+                "tokens": sum(q.tokens for q in counted),
+                "statistics_tokens": sum(q.stat_tokens for q in counted),
+                "wall_s": wall, "breakdown_s": dict(timer.seconds),
+            })
     report = build_report(
         cfg=cfg, src=s.src, out=out, pattern=pattern, device=device, dtype=s.dtype, seqs=s.seqs,
         layers=n_layers, start=start, records=run.records,
         wall_s=time.perf_counter() - t_start, timer=timer, store_info=store_info,
         store_peak_bytes=store.peak_bytes,
     )
+    if d is not None:
+        report["distributed"] = {"world_size": d.world, "backend": d.backend, "ranks": ranks}
     report["fingerprint"] = s.fp
     flagged = report["totals"]["flagged"]
     if flagged:
         log.warning("%d module(s) deviate from the %s pattern (flagged in the report): %s",
                     len(flagged), pattern, ", ".join(flagged[:8]))
     store.close()
-    state.finish(report)
+    if state is not None:
+        state.finish(report)
     return report
+
+
+def _prune_layer_checked(run: RunParts, s: _Setup, li: int,
+                         writer: loader.OutputWriter | None) -> None:
+    """:func:`_prune_layer`; under torchrun followed by the layer-end error check (timed as
+    ``allreduce``)."""
+    d = run.dist
+    if d is None:
+        _prune_layer(run, s, li, writer)
+        return
+    try:
+        _prune_layer(run, s, li, writer)
+    except DistError:
+        raise
+    except BaseException as exc:
+        with run.timer.stage("allreduce"):
+            d.check(exc, f"in layer {li}")
+        raise
+    with run.timer.stage("allreduce"):
+        d.check(None, f"in layer {li}")
 
 
 __all__ = ["PruneConfig", "prune_model", "format_table", "REPORT", "STATE_DIR", "LayerDone"]

@@ -34,6 +34,7 @@ from . import moe
 from .calib import CalibSequence
 from .capture import LayerKwargs, slice_kwargs
 from .config import PruneConfig
+from .dist import DistContext
 from .errors import ActivationError, PruneError
 from .layers import (
     STAGE_PROBE_TOKENS,
@@ -73,6 +74,9 @@ class RunParts:
     hidden_size: int
     store_estimate: int
     records: list[ModuleRecord] = field(default_factory=list)
+    #: Under torchrun: this rank's place in the process group (``seqs`` are then this rank's
+    #: share only, and the statistics are summed over ranks before pruning).
+    dist: DistContext | None = None
 
 
 class LayerContext:
@@ -234,9 +238,9 @@ class LayerContext:
 
     def _prune_matrix(self, name: str, group: str, W: torch.Tensor,
                       acc: HessianAccumulator | None, H: torch.Tensor | None, dead: int | None,
-                      fallback: str | None) -> None:
+                      fallback: str | None) -> ModuleRecord:
         """Prune ``W[r, c]`` in place (the method, or magnitude when ``fallback`` says why) and
-        append its :class:`ModuleRecord`; ``name`` is relative to the layer."""
+        return its :class:`ModuleRecord`; ``name`` is relative to the layer."""
         run, cfg = self.run, self.run.cfg
         full = f"{self.prefix}.{name}"
         t1 = time.perf_counter()
@@ -258,14 +262,14 @@ class LayerContext:
         if flag:
             log.warning("layer %d, module %s: %s", self.li, full, flag)
         run.timer.sync()
-        run.records.append(ModuleRecord(
+        return ModuleRecord(
             name=full, layer=self.li, group=group,
             shape=[int(W.shape[0]), int(W.shape[1])],
             sparsity=zero, loss=res.loss,
             damping=res.damping, tokens=acc.tokens if acc is not None else 0,
             seconds=time.perf_counter() - t1, backend=res.backend,
             flag=flag, dead_inputs=dead, method=method, fallback=fallback,
-        ))
+        )
 
     def prune_group(self, gi: int, acc: HessianAccumulator | moe.ExpertStats | None) -> None:
         """Prune every module of group ``gi`` with the group's statistics; appends one
@@ -278,33 +282,85 @@ class LayerContext:
             ActivationError when the accumulator saw no tokens (``--min-tokens 0``) or
             non-finite inputs; PruneError naming the module when its pruning step rejects the
             input.
+
+        Under torchrun the matrices are spread over the ranks (:func:`assign_work`), each
+        rank prunes its share, and the pruned weights and records are sent to every rank, so
+        every rank goes on with the same pruned layer and rank 0 holds every record.
         """
         run = self.run
         group = self.plan.groups[gi]
         d = self.plan.in_features[gi]
+        self._reduce(gi, acc)
+        # the work items: (name, record group label, W, accumulator, expert index or None)
+        items: list[tuple[str, str, torch.Tensor, HessianAccumulator | None, int | None]] = []
         if moe.is_expert_group(group, self.mods):
             ename, pname = moe.expert_param(group[0])
             experts = self.mods[ename]
             for e in range(acc.num_experts):
                 a = acc.accs[e] if acc.accs is not None else None
-                with run.timer.stage("hessian"):
-                    H, dead, fallback = self._stats(a, d)
                 mats = moe.expert_matrices(experts, pname, e)
                 label = f"{ename}.{e}." + "+".join(n for n, _ in mats)
-                with run.timer.stage("obs"):
-                    for mname, W in mats:
-                        self._prune_matrix(f"{ename}.{e}.{mname}", label, W, a, H, dead,
-                                           fallback)
-                if acc.accs is not None:
-                    acc.accs[e] = None  # free expert e's statistics
+                items += [(f"{ename}.{e}.{mname}", label, W, a, e) for mname, W in mats]
+        else:
+            items = [(name, group_name(group), self.mods[name].weight.data, acc, None)
+                     for name in group]
+        dist = run.dist
+        owners = ([0] * len(items) if dist is None else
+                  assign_work([_obs_cost(it[2]) for it in items], dist.world))
+        mine = 0 if dist is None else dist.rank
+        recs: dict[int, ModuleRecord] = {}
+        stats: tuple | None = None
+        err: BaseException | None = None
+        try:
+            for k, (name, label, W, a, e) in enumerate(items):
+                if owners[k] == mine:
+                    if stats is None:
+                        # reading the result accumulates the last gathered inputs: Hessian time
+                        with run.timer.stage("hessian"):
+                            stats = self._stats(a, d)
+                    with run.timer.stage("obs"):
+                        recs[k] = self._prune_matrix(name, label, W, a, *stats)
+                last_of_acc = k + 1 == len(items) or items[k + 1][3] is not a
+                if last_of_acc:
+                    stats = None
+                    if e is not None and acc.accs is not None:
+                        acc.accs[e] = None  # free expert e's statistics
+        except Exception as exc:
+            if dist is None:
+                raise
+            err = exc
+        if dist is not None:
+            self._share_results(items, owners, recs, err)
+        run.records.extend(recs[k] for k in range(len(items)))
+
+    def _share_results(self, items: list, owners: list[int], recs: dict[int, ModuleRecord],
+                       err: BaseException | None) -> None:
+        """Under torchrun, after each rank pruned its share of a group: an error check (a
+        rank's failure stops every rank with its message), then each pruned weight broadcast
+        from its owner and the records gathered, so ``recs`` holds every item's record."""
+        run, dist = self.run, self.run.dist
+        where = f"pruning layer {self.li} ({self.prefix})"
+        with run.timer.stage("allreduce"):
+            dist.check(err, where)
+        with run.timer.stage("broadcast"):
+            for k, it in enumerate(items):
+                dist.broadcast_(it[2], owners[k], f"{self.prefix}.{it[0]}")
+            for part in dist.gather_objects(recs):
+                recs.update(part)
+
+    def _reduce(self, gi: int, acc: HessianAccumulator | moe.ExpertStats | None) -> None:
+        """Under torchrun: an error check, then group ``gi``'s statistics summed over ranks
+        (:meth:`~ssgr.prune.dist.DistContext.reduce_stats`; per expert for a fused MoE
+        parameter, in expert order). Every rank calls it for the same groups in the same order."""
+        dist = self.run.dist
+        if dist is None:
             return
-        # reading the result accumulates the accumulator's last gathered inputs: Hessian time
-        with run.timer.stage("hessian"):
-            H, dead, fallback = self._stats(acc, d)
-        with run.timer.stage("obs"):
-            for name in group:
-                self._prune_matrix(name, group_name(group), self.mods[name].weight.data, acc,
-                                   H, dead, fallback)
+        name = f"layer {self.li} {self.prefix}.{group_name(self.plan.groups[gi])}"
+        with self.run.timer.stage("allreduce"):
+            dist.check(where=f"before the statistics of {name}")
+            accs = acc.accs if isinstance(acc, moe.ExpertStats) else [acc]
+            for e, a in enumerate(accs or []):
+                dist.reduce_stats(a, name if len(accs) == 1 else f"{name} expert {e}")
 
     def may_cache(self, structural: bool, in_features: int) -> bool:
         """Keep the last group's inputs (o_proj's, down_proj's) in the store, so the sub-module
@@ -322,6 +378,26 @@ class LayerContext:
         esize = torch.empty((), dtype=run.dtype).element_size()
         extra = tokens * (in_features - run.hidden_size) * esize
         return run.store_estimate + extra <= parse_bytes(run.cfg.max_activation_memory)
+
+
+def _obs_cost(W: torch.Tensor) -> int:
+    """Estimated cost of pruning ``W[rows, cols]``: ``cols^3`` (the Hessian's Cholesky
+    inverse) + ``rows x cols^2`` (the OBS updates), as in SparseGPT's complexity analysis
+    (Frantar & Alistarh 2023, section 3)."""
+    rows, cols = int(W.shape[0]), int(W.shape[1])
+    return cols ** 3 + rows * cols ** 2
+
+
+def assign_work(costs: list[int], world: int) -> list[int]:
+    """The owner rank of each work item: largest cost first (ties: lower index), each to the
+    rank with the least assigned cost so far (ties: lower rank). Deterministic."""
+    load = [0] * world
+    owner = [0] * len(costs)
+    for k in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        r = min(range(world), key=lambda q: (load[q], q))
+        owner[k] = r
+        load[r] += costs[k]
+    return owner
 
 
 class Order(Protocol):

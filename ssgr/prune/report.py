@@ -12,7 +12,9 @@ device is synchronised once at the end of each outermost stage, never per hooked
   statistics before it is pruned (synchronised);
 * ``obs``: pruning the modules (SparseGPT / Wanda / magnitude), module records included;
 * ``io``: reading weights and writing shards, the index and ``config.json``;
-* ``checkpoint``: saving activations for ``--resume``.
+* ``checkpoint``: saving activations for ``--resume``;
+* under torchrun only (:mod:`ssgr.prune.dist`): ``allreduce`` (summing the statistics over ranks,
+  error checks included) and ``broadcast`` (objects sent from rank 0 to every rank).
 
 A nested stage's time is taken out of the stage around it, so the stages never overlap and the
 breakdown sums to at most ``totals.wall_s``; the rest of the wall time is setup (reading the
@@ -69,7 +71,7 @@ class Timer:
                 self.sync()
             elapsed = time.perf_counter() - t0
             inner = self._nested.pop()
-            self.seconds[key] += elapsed - inner
+            self.seconds[key] = self.seconds.get(key, 0.0) + elapsed - inner
             if self._nested:
                 self._nested[-1] += elapsed
 

@@ -1,0 +1,171 @@
+"""``ssgr prune`` under torchrun (issue #17): 2 CPU ranks on a gloo group give the single-process
+result to fp32 rounding; a failing rank stops every rank with its error; ``--resume`` finishes.
+
+One ``torch.distributed.run --nproc-per-node 2`` subprocess runs every distributed job in one
+process group (the worker initialises it, so ssgr keeps it open between jobs): starting Python,
+torch and transformers twice per job would cost more than the pruning of these tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from _prune_helpers import random_calib, tiny_model
+from safetensors.torch import load_file
+
+from ssgr.prune.dist import split_by_tokens
+from ssgr.prune.engine import PruneConfig, prune_model
+from ssgr.prune.orders import assign_work
+
+#: The uneven split: one long sequence and two short ones over 2 ranks -> [0] and [1, 2]
+#: (rank 1's first sequence is longer than the structure probe).
+LENGTHS = [200, 60, 9]
+
+WORKER = textwrap.dedent('''
+    import json, sys
+    import torch
+    import torch.distributed as dist
+    from ssgr.prune import orders
+    from ssgr.prune.engine import PruneConfig, prune_model
+    from ssgr.prune.errors import ActivationError
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    ok_check = orders.LayerContext.check_finite
+
+    def failing(self, y, i, what):
+        if self.li == 1:
+            raise ActivationError(f"injected failure on layer {self.li}")
+        return ok_check(self, y, i, what)
+
+    for job in json.load(open(sys.argv[1])):
+        orders.LayerContext.check_finite = failing if job.get("fail_rank") == rank else ok_check
+        try:
+            rep = prune_model(PruneConfig(**job["cfg"]))
+            res = {"ok": True, "distributed": rep["distributed"],
+                   "breakdown": rep["totals"]["breakdown_s"], "tokens": rep["tokens"]}
+        except Exception as exc:
+            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with open(f"{job['result']}.rank{rank}.json", "w") as f:
+            json.dump(res, f)
+    dist.destroy_process_group()
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    sd = {}
+    for f in sorted(out.glob("*.safetensors")):
+        sd.update(load_file(f))
+    return sd
+
+
+def _same(single, multi) -> None:
+    """Weights allclose (fp32 rounding of the summed statistics), masks equal except near-ties
+    (at most 0.5% of a module's entries)."""
+    a, b = _weights(single), _weights(multi)
+    assert a.keys() == b.keys()
+    for k in a:
+        wa, wb = a[k], b[k]
+        if wa.dim() != 2 or ".layers." not in k:
+            assert torch.equal(wa, wb), k
+            continue
+        diff = ((wa == 0) != (wb == 0)).float().mean().item()
+        assert diff <= 0.005, f"{k}: masks differ on {diff:.2%}"
+        agree = (wa == 0) == (wb == 0)
+        torch.testing.assert_close(wa[agree.all(1)], wb[agree.all(1)], atol=1e-4, rtol=1e-4,
+                                   msg=k)
+
+
+def test_split_by_tokens_longest_first_into_lightest_rank():
+    assert split_by_tokens(LENGTHS, 2) == [[0], [1, 2]]
+    assert split_by_tokens([5, 5, 5, 5], 2) == [[0, 2], [1, 3]]
+    assert split_by_tokens([3, 9, 4, 8, 1], 3) == [[1], [3], [0, 2, 4]]  # 9 | 8 | 4+3+1
+    assert split_by_tokens([7], 3) == [[0], [], []]
+    assert split_by_tokens([], 2) == [[], []]
+
+
+def test_assign_work_spreads_cost_over_ranks():
+    # q (64x64), k, v (32x64): cost cols^3 + rows*cols^2 -> q alone on rank 0, k and v on rank 1
+    costs = [64**3 + 64 * 64**2, 64**3 + 32 * 64**2, 64**3 + 32 * 64**2]
+    assert assign_work(costs, 2) == [0, 1, 1]
+    assert assign_work(costs, 1) == [0, 0, 0]
+    assert assign_work([5, 5], 4) == [0, 1]
+
+
+JOBS = [  # (family, method, order, sparsity)
+    ("llama", "sparsegpt", "layer", "0.5"),
+    ("llama", "wanda", "module", "2:4"),
+    ("qwen2", "sparsegpt", "module", "2:4"),
+    ("qwen2", "wanda", "layer", "0.5"),
+]
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
+    calib = random_calib(tmp_path / "calib.jsonl", LENGTHS)
+    models = {f: tiny_model(f, tmp_path / f) for f in ("llama", "qwen2")}
+
+    def cfg(family, method, order, sparsity, out, **kw):
+        return dict(model=str(models[family]), calib=str(calib), out=str(out), device="cpu",
+                    method=method, sequential=order, sparsity=sparsity, **kw)
+
+    jobs = [{"cfg": cfg(*j, tmp_path / f"dist{i}"), "result": str(tmp_path / f"dist{i}")}
+            for i, j in enumerate(JOBS)]
+    # rank 1 fails in layer 1: both ranks stop with its error; then --resume finishes
+    fail = cfg(*JOBS[0], tmp_path / "fail")
+    jobs.append({"cfg": fail, "fail_rank": 1, "result": str(tmp_path / "fail")})
+    jobs.append({"cfg": {**fail, "resume": True}, "result": str(tmp_path / "resume")})
+    # one sequence over 2 ranks: rank 1 runs only a probe
+    one = random_calib(tmp_path / "one.jsonl", [40])
+    jobs.append({"cfg": {**cfg(*JOBS[1], tmp_path / "one"), "calib": str(one)},
+                 "result": str(tmp_path / "one")})
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "worker.py").write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         str(tmp_path / "worker.py"), str(tmp_path / "jobs.json")],
+        env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def result(out, rank):
+        return json.loads((tmp_path / f"{out}.rank{rank}.json").read_text())
+
+    for i, j in enumerate(JOBS):
+        single = tmp_path / f"single{i}"
+        prune_model(PruneConfig(**cfg(*j, single)))
+        r0, r1 = result(f"dist{i}", 0), result(f"dist{i}", 1)
+        assert r0["ok"] and r1["ok"], (r0, r1)
+        ranks = r0["distributed"]["ranks"]
+        assert [r["tokens"] for r in ranks] == [200, 69]
+        assert r0["tokens"] == sum(LENGTHS)  # the report counts the global calibration set
+        assert "allreduce" in r0["breakdown"]
+        assert not (tmp_path / f"dist{i}" / ".ssgr_state").exists()
+        _same(single, tmp_path / f"dist{i}")
+    e0, e1 = result("fail", 0), result("fail", 1)
+    assert not e0["ok"] and not e1["ok"]
+    assert e1["error"].startswith("ActivationError: injected failure on layer 1")
+    assert e0["error"].startswith("DistError: rank 1 failed in layer 1")
+    assert "injected failure" in e0["error"]
+    assert result("resume", 0)["ok"] and result("resume", 1)["ok"]
+    _same(tmp_path / "single0", tmp_path / "fail")
+    r0 = result("one", 0)
+    assert r0["ok"] and result("one", 1)["ok"]
+    assert [r["tokens"] for r in r0["distributed"]["ranks"]] == [40, 0]
+    prune_model(PruneConfig(**{**cfg(*JOBS[1], tmp_path / "one_single"), "calib": str(one)}))
+    _same(tmp_path / "one_single", tmp_path / "one")
