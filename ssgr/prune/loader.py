@@ -38,10 +38,16 @@ def layer_shard_name(i: int) -> str:
 
 
 def resolve_model_dir(model: str) -> Path:
-    """A local model directory, or a hub snapshot where a hub is reachable."""
+    """A local model directory, a name the other commands take (``tiny``, ``smollm2``:
+    :func:`ssgr.models.resolve_model`) when no directory of that name exists here, or a hub
+    snapshot where a hub is reachable."""
+    from ssgr.models import MODEL_NAMES, resolve_model
+
     p = Path(model)
     if p.is_dir():
         return p
+    if model in MODEL_NAMES:
+        return resolve_model(model)
     if p.exists():
         raise PruneError(f"MODEL {model} is a file; pass a Hugging Face model directory")
     if model.count("/") == 1 and not model.startswith((".", "/")):

@@ -6,9 +6,11 @@ import argparse
 import json
 import shutil
 
+import pytest
 import torch
 from _prune_helpers import state
 
+from ssgr.errors import SSGRError
 from ssgr.prune import cli
 from ssgr.prune.engine import PruneConfig, prune_model
 
@@ -46,3 +48,22 @@ def test_text_lines_use_the_model_tokenizer(tmp_path, llama_dir):
     a, b = state(tmp_path / "a"), state(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "tokenizer.json").is_file()  # tokenizer copied to the output
+
+
+def test_model_names_resolve_as_in_the_other_commands(tmp_path, monkeypatch):
+    """``ssgr prune tiny`` takes the embedded model, as ``ssgr eval tiny`` does; a directory
+    named ``tiny`` in the working directory still wins."""
+    from ssgr.models import tiny_dir
+
+    calib = tmp_path / "c.jsonl"
+    calib.write_text("".join(json.dumps({"input_ids": [int(x) for x in torch.randint(3, 60, (n,))]})
+                             + "\n" for n in (24, 40)))
+    monkeypatch.chdir(tmp_path)
+    rep = prune_model(PruneConfig(model="tiny", calib=str(calib), out=str(tmp_path / "o"),
+                                  sparsity="2:4", device="cpu"))
+    assert rep["modules"] and (tmp_path / "o" / "config.json").is_file()
+    shutil.copytree(tiny_dir(), tmp_path / "tiny")
+    (tmp_path / "tiny" / "config.json").unlink()  # the local folder is taken, and refused
+    with pytest.raises(SSGRError, match="config.json"):
+        prune_model(PruneConfig(model="tiny", calib=str(calib), out=str(tmp_path / "p"),
+                                sparsity="2:4", device="cpu"))
