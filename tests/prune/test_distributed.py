@@ -29,7 +29,7 @@ from ssgr.prune.orders import assign_work
 LENGTHS = [200, 60, 9]
 
 WORKER = textwrap.dedent('''
-    import json, sys
+    import json, os, signal, sys
     import torch
     import torch.distributed as dist
     from ssgr.prune import orders
@@ -46,8 +46,15 @@ WORKER = textwrap.dedent('''
             raise ActivationError(f"injected failure on layer {self.li}")
         return ok_check(self, y, i, what)
 
+    def killed(self, y, i, what):  # SIGKILL in the middle of layer 1's forward passes
+        if self.li == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ok_check(self, y, i, what)
+
     for job in json.load(open(sys.argv[1])):
-        orders.LayerContext.check_finite = failing if job.get("fail_rank") == rank else ok_check
+        orders.LayerContext.check_finite = (
+            failing if job.get("fail_rank") == rank
+            else killed if job.get("kill_rank") == rank else ok_check)
         try:
             rep = prune_model(PruneConfig(**job["cfg"]))
             res = {"ok": True, "distributed": rep["distributed"],
@@ -58,6 +65,19 @@ WORKER = textwrap.dedent('''
             json.dump(res, f)
     dist.destroy_process_group()
 ''')
+
+
+def _torchrun(tmp_path, jobs: list[dict], timeout: float) -> subprocess.CompletedProcess:
+    """The WORKER over ``jobs`` on 2 ranks (one torchrun, one gloo group)."""
+    name = f"jobs{len(list(tmp_path.glob('jobs*.json')))}.json"
+    (tmp_path / name).write_text(json.dumps(jobs))
+    (tmp_path / "worker.py").write_text(WORKER)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         str(tmp_path / "worker.py"), str(tmp_path / name)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=timeout)
 
 
 def _free_port() -> int:
@@ -133,14 +153,7 @@ def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
     one = random_calib(tmp_path / "one.jsonl", [40])
     jobs.append({"cfg": {**cfg(*JOBS[1], tmp_path / "one"), "calib": str(one)},
                  "result": str(tmp_path / "one")})
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    (tmp_path / "worker.py").write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-         str(tmp_path / "worker.py"), str(tmp_path / "jobs.json")],
-        env=env, capture_output=True, text=True, timeout=280)
+    proc = _torchrun(tmp_path, jobs, timeout=280)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     def result(out, rank):
@@ -169,3 +182,26 @@ def test_two_ranks_equal_single_process_and_failure_stops_all(tmp_path):
     assert [r["tokens"] for r in r0["distributed"]["ranks"]] == [40, 0]
     prune_model(PruneConfig(**{**cfg(*JOBS[1], tmp_path / "one_single"), "calib": str(one)}))
     _same(tmp_path / "one_single", tmp_path / "one")
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_killed_mid_layer_stops_the_run_and_resume_finishes(tmp_path):
+    """Rank 1 gets SIGKILL in the middle of layer 1: the run ends (torchrun stops rank 0 too:
+    no hang) with a non-zero status naming the killed rank and its signal, leaving no finished
+    output; ``--resume`` under torchrun then finishes with the single-process weights."""
+    calib = random_calib(tmp_path / "calib.jsonl", LENGTHS)
+    model = tiny_model("llama", tmp_path / "llama")
+    cfg = dict(model=str(model), calib=str(calib), out=str(tmp_path / "out"), device="cpu",
+               method="sparsegpt", sequential="module", sparsity="2:4")
+    proc = _torchrun(tmp_path, [{"cfg": cfg, "kill_rank": 1, "result": str(tmp_path / "k")}],
+                     timeout=150)
+    assert proc.returncode != 0
+    assert "SIGKILL" in proc.stderr or "Signal 9" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "k.rank1.json").exists()  # rank 1 never got past the kill
+    assert not (tmp_path / "out" / "prune_report.json").exists()
+    proc = _torchrun(tmp_path, [{"cfg": {**cfg, "resume": True}, "result": str(tmp_path / "r")}],
+                     timeout=150)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((tmp_path / "r.rank0.json").read_text())["ok"]
+    prune_model(PruneConfig(**{**cfg, "out": str(tmp_path / "single")}))
+    _same(tmp_path / "single", tmp_path / "out")
