@@ -217,12 +217,7 @@ def _prune_in_order(run: RunParts, s: _Setup, li: int, layer: nn.Module, prefix:
     else:
         x0 = store.get("in", 0)[:, :PROBE_TOKENS]
         kw0 = slice_kwargs(run.kwargs(0), x0.shape[1], run.seqs[0].tokens)
-        plan = plan_layer(layer, targets, x0, kw0, want_staged=order.staged)
-        if order.staged and not plan.staged:
-            raise PruneError(
-                f"layer {li} ({prefix}): --sequential module is not supported for this layer "
-                f"structure: {plan.staged_error}; use --sequential layer"
-            )
+        plan = plan_layer(layer, targets, x0, kw0)
         order.prune_layer(LayerContext(run, li, layer, plan))
 
 

@@ -160,27 +160,14 @@ def layer_output(out) -> torch.Tensor:
 
 @dataclass
 class LayerPlan:
-    """Hessian groups of a layer in call order, and (for ``module`` order) its decomposition.
+    """Hessian groups of a layer in call order.
 
     groups: module names (relative to the layer) sharing one input, in call order;
-    in_features: that input's width per group (the accumulator's size); attn / mlp / norm1 /
-    norm2: child names of the decomposition (None when not staged); cache_last: per sub-module,
-    whether its last group's input may stand in for re-running it (a single module whose output
-    is the sub-module's output).
+    in_features: that input's width per group (the accumulator's size).
     """
 
     groups: list[list[str]]
     in_features: list[int]
-    attn: str | None = None
-    mlp: str | None = None
-    norm1: str | None = None
-    norm2: str | None = None
-    staged_error: str | None = None
-    cache_last: dict[str, bool] = field(default_factory=dict)
-
-    @property
-    def staged(self) -> bool:
-        return self.staged_error is None
 
 
 def _in_features(mods: dict[str, nn.Module], name: str) -> int:
@@ -201,22 +188,19 @@ def _owner(name: str, children: list[str]) -> str | None:
 
 @torch.no_grad()
 def plan_layer(
-    layer: nn.Module, targets: list[str], x: torch.Tensor, kwargs: dict, want_staged: bool
+    layer: nn.Module, targets: list[str], x: torch.Tensor, kwargs: dict
 ) -> LayerPlan:
     """Probe the layer with ``x[1, t, d]`` (a short prefix of a calibration sequence).
 
     Groups: targets whose first call received the identical input tensor; a fused MoE expert
     parameter (``mlp.experts.gate_up_proj``, see :mod:`ssgr.prune.moe`) is a group of its own,
     placed where its experts module is called, and that module's output is checked against
-    ssgr's mirror of the experts loop (PruneError when it differs). For ``want_staged`` the
-    ``norm1 -> attn -> norm2 -> mlp`` decomposition is derived from the call order and verified
-    against ``layer(x)``; :attr:`LayerPlan.staged_error` says why it does not apply.
+    ssgr's mirror of the experts loop (PruneError when it differs). ``--sequential module``
+    derives its own decomposition (:func:`stage_layer`).
     """
     mods = dict(layer.named_modules())
     first_input: dict[str, object] = {}
     order: list[str] = []
-    child_order: list[str] = []
-    child_out: dict[str, object] = {}
     handles = []
     lin = [n for n in targets if n in mods]
     # fused MoE expert parameters ("mlp.experts.gate_up_proj"): one group each, at the call of
@@ -242,17 +226,8 @@ def plan_layer(
             moe.check_mirror(m, ename, args, kw, o)
         handles.append(mods[ename].register_forward_pre_hook(epre, with_kwargs=True))
         handles.append(mods[ename].register_forward_hook(epost, with_kwargs=True))
-    out_of: dict[str, object] = {}
-    for n in lin:
-        handles.append(mods[n].register_forward_hook(
-            lambda _m, _a, o, n=n: out_of.setdefault(n, o)))
-    for cname, child in layer.named_children():
-        handles.append(child.register_forward_pre_hook(
-            lambda _m, _a, c=cname: child_order.append(c) if c not in child_order else None))
-        handles.append(child.register_forward_hook(
-            lambda _m, _a, o, c=cname: child_out.setdefault(c, o)))
     try:
-        ref = layer_output(layer(x, **kwargs))
+        layer(x, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -268,48 +243,7 @@ def plan_layer(
                 break
         else:
             groups.append([n])
-    plan = LayerPlan(groups=groups, in_features=[_in_features(mods, g[0]) for g in groups])
-    if not want_staged:
-        plan.staged_error = "not requested"
-        return plan
-    children = list(child_order)
-    owners = [_owner(g[0], children) for g in groups]
-    experts = moe.find_experts(layer)
-    subs = [c for c in children
-            if any(isinstance(m, nn.Linear) for m in getattr(layer, c).modules())
-            or any(e == c or e.startswith(c + ".") for e in experts)]
-    others = [c for c in children if c not in subs]
-    if len(subs) != 2 or len(others) != 2 or any(o is None for o in owners):
-        plan.staged_error = (
-            f"{type(layer).__name__} is not norm1 -> attention -> norm2 -> mlp (call order: "
-            f"{children}, target owners: {sorted(set(map(str, owners)))})"
-        )
-        return plan
-    attn, mlp = subs
-    pos = {c: i for i, c in enumerate(children)}
-    n1, n2 = others
-    if not (pos[n1] < pos[attn] < pos[n2] < pos[mlp]):
-        plan.staged_error = f"unexpected call order {children}"
-        return plan
-    plan.attn, plan.mlp, plan.norm1, plan.norm2 = attn, mlp, n1, n2
-    h = layer_output(getattr(layer, attn)(getattr(layer, n1)(x), **kwargs))
-    x2 = x + h
-    y = x2 + layer_output(getattr(layer, mlp)(getattr(layer, n2)(x2)))
-    finite = bool(torch.isfinite(ref).all())  # NaN/Inf is reported later, naming the module
-    tol = 1e-3 * float(ref.abs().max()) + 1e-5 if finite else 0.0
-    if finite and not torch.allclose(y.float(), ref.float(), atol=tol, rtol=1e-3):
-        plan.staged_error = (f"{type(layer).__name__}'s forward differs from norm1 -> attention "
-                             "-> norm2 -> mlp with residuals")
-        plan.attn = plan.mlp = plan.norm1 = plan.norm2 = None
-        return plan
-    for sub in (attn, mlp):
-        sub_groups = [g for g in groups if _owner(g[0], children) == sub]
-        last = sub_groups[-1] if sub_groups else None
-        plan.cache_last[sub] = bool(
-            last is not None and len(last) == 1
-            and out_of.get(last[0]) is layer_output(child_out[sub])
-        )
-    return plan
+    return LayerPlan(groups=groups, in_features=[_in_features(mods, g[0]) for g in groups])
 
 
 #: Tokens of the first sequence that probe a layer's decomposition (:func:`stage_layer`).

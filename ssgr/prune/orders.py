@@ -406,8 +406,6 @@ class Order(Protocol):
 
     #: ``--sequential`` value.
     name: str
-    #: Whether the order needs the norm1 -> attention -> norm2 -> mlp decomposition.
-    staged: bool
 
     def prune_layer(self, ctx: LayerContext) -> None: ...
 
@@ -417,7 +415,6 @@ class LayerOrder:
     layer (or, with ``--propagate dense``, the dense pass's outputs go on)."""
 
     name = "layer"
-    staged = False
 
     def prune_layer(self, ctx: LayerContext) -> None:
         run, plan = ctx.run, ctx.plan
@@ -458,8 +455,6 @@ class ModuleOrder:
     """
 
     name = "module"
-    #: ModuleOrder derives its own decomposition (:func:`~ssgr.prune.layers.stage_layer`).
-    staged = False
 
     def prune_layer(self, ctx: LayerContext) -> None:
         run, plan, layer = ctx.run, ctx.plan, ctx.layer
