@@ -87,8 +87,9 @@ class RankFilter(logging.Filter):
         return True
 
 
-def _handlers() -> list[logging.Handler]:
-    return [h for h in (logging.getLogger().handlers or [logging.lastResort]) if h is not None]
+def _handlers(last_resort: bool) -> list[logging.Handler]:
+    hs = logging.getLogger().handlers or ([logging.lastResort] if last_resort else [])
+    return [h for h in hs if h is not None]
 
 
 @contextlib.contextmanager
@@ -96,7 +97,7 @@ def rank_logging(rank: int, world_size: int) -> Iterator[None]:
     """For the block, a :class:`RankFilter` on the root logger's handlers (Python's last-resort
     handler when there are none), removed after."""
     flt = RankFilter(rank, world_size)
-    handlers = _handlers()
+    handlers = _handlers(last_resort=True)
     for h in handlers:
         h.addFilter(flt)
     try:
@@ -109,9 +110,9 @@ def rank_logging(rank: int, world_size: int) -> Iterator[None]:
 def install_rank_logging(rank: int, world_size: int) -> None:
     """A :class:`RankFilter` on the root logger's handlers for the rest of the process (so the
     CLI's last ERROR line still names the rank), once per handler: a handler that already has
-    one keeps it."""
+    one keeps it. Python's last-resort handler (no handlers configured) is left alone."""
     flt = RankFilter(rank, world_size)
-    for h in _handlers():
+    for h in _handlers(last_resort=False):
         if not any(isinstance(g, RankFilter) for g in h.filters):
             h.addFilter(flt)
 
