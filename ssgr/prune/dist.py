@@ -9,8 +9,20 @@ activation store; the statistics (Hessian sums ``X^T X``, Wanda's column squared
 counts, per expert for MoE) are summed over ranks with one ``all_reduce`` per accumulator, in
 the fixed order the layer's groups are pruned, before they are averaged by the *global* token
 count, so every rank prunes from the same statistics (equal to a single process's to fp32
-rounding: the partial sums are added in another order). Rank 0 alone writes ``--out`` and the
-report. This is the data-parallel scheme llm-compressor uses for GPTQ, applied to SparseGPT/Wanda.
+rounding: the partial sums are added in another order). Rank 0 alone writes ``--out``'s model
+files and the report. This is the data-parallel scheme llm-compressor uses for GPTQ, applied to
+SparseGPT/Wanda.
+
+Checkpoints and ``--resume``: where a single process checkpoints the next layer's inputs
+(``--checkpoint-every``), each rank saves its share under ``--out``'s state folder, one file
+per sequence named by its global number; rank 0 records the checkpoint once every rank has
+written its part (:class:`ssgr.prune.state.RunState`), so a kill of any rank at any point leaves
+the previous checkpoint valid, and ``--resume`` (under any number of ranks, or one process)
+continues from the checkpoint layer. On several nodes ``--out`` must be a filesystem every rank
+sees for this; otherwise rank 0 finds parts missing, keeps the previous checkpoint and warns.
+
+Logging (:func:`ssgr._torchrun.install_rank_logging`, shared with ``ssgr generate``): INFO from
+rank 0 only, WARNING and ERROR from every rank, each line prefixed ``[rank r/N]``.
 
 Failure handling: before each reduction and at each layer end the ranks all-reduce an error flag
 (:meth:`DistContext.check`); a rank that raised contributes its rank and broadcasts its message,

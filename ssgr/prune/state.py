@@ -319,6 +319,7 @@ class RunState:
         folder = self._layer_dir(layer)
         parts = sorted(p for p in folder.glob("rank*") if p.is_dir()
                        and not p.name.endswith(".tmp")) if folder.is_dir() else []
+        parts.append(folder)  # the one-folder layout of ssgr before per-rank parts
         for part in parts:
             if not (part / "meta.json").is_file():
                 continue
