@@ -24,7 +24,10 @@ from safetensors.torch import load_file
 
 from ssgr.prune.dist import split_by_tokens
 from ssgr.prune.engine import PruneConfig, prune_model
+from ssgr.prune.errors import PruneError
 from ssgr.prune.orders import assign_work
+from ssgr.prune.state import RunState
+from ssgr.prune.store import ActivationStore
 
 #: The uneven split: one long sequence and two short ones over 2 ranks -> [0] and [1, 2]
 #: (rank 1's first sequence is longer than the structure probe).
@@ -268,3 +271,50 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_previous_one_on_one_pr
     assert not state_dir.exists() and (out / "notes.txt").read_text() == "mine"
     prune_model(PruneConfig(**{**cfg, "out": str(tmp_path / "single")}))
     _same(tmp_path / "single", out)
+
+
+def test_checkpoint_parts_restore_under_any_split(tmp_path, caplog):
+    """The parts of 2 ranks, keyed by global sequence number, restore under 1, 3 and 4 ranks
+    (a rank without a sequence gets its probe from the first tokens of sequence 0); a missing
+    part is not recorded (WARNING) and refuses to restore; the one-folder layout of earlier
+    ssgr restores too."""
+    tokens = [5, 3, 2]
+    xs = [torch.randn(1, t, 4) for t in tokens]
+
+    def part(world, rank, layer=1):
+        share = split_by_tokens(tokens, world)[rank]
+        st = ActivationStore("cpu", torch.device("cpu"))
+        for i, g in enumerate(share):
+            st.put("in", i, xs[g])
+        RunState(tmp_path, {}, 3, 3, rank, world).save_part(st, "in", layer, share)
+
+    part(2, 0)
+    with caplog.at_level(logging.WARNING, logger="ssgr.prune"):
+        assert not RunState(tmp_path, {}, 3, 3).commit(1)  # rank 1's part is missing
+    assert "lacks 2 of 3 sequences" in caplog.text
+    assert not (tmp_path / ".ssgr_state" / "state.json").exists()
+    with pytest.raises(PruneError, match="lacks 2 of 3 sequences"):
+        RunState(tmp_path, {}, 3, 3).restore(ActivationStore("cpu", "cpu"), "in", 1, [0], [5])
+    part(2, 1)
+    assert RunState(tmp_path, {}, 3, 3, 0, 2).commit(1)
+    assert json.loads((tmp_path / ".ssgr_state" / "state.json").read_text())["ckpt_layer"] == 1
+    for world in (1, 3, 4):
+        for rank, share in enumerate(split_by_tokens(tokens, world)):
+            st = ActivationStore("cpu", torch.device("cpu"))
+            want = [xs[g] for g in share] or [xs[0][:, :2]]  # no sequence: a 2-token probe
+            RunState(tmp_path, {}, 3, 3, rank, world).restore(
+                st, "in", 1, share, [x.shape[1] for x in want])
+            for i, x in enumerate(want):
+                assert torch.equal(st.get("in", i), x), (world, rank, i)
+    with pytest.raises(PruneError, match="3 tokens saved for calibration sequence 1"):
+        RunState(tmp_path, {}, 3, 3).restore(ActivationStore("cpu", "cpu"), "in", 1, [1], [4])
+    old = ActivationStore("cpu", torch.device("cpu"))  # one folder, meta.json a list
+    for i, x in enumerate(xs):
+        old.put("in", i, x)
+    legacy = tmp_path / ".ssgr_state" / "acts" / "L2"
+    old.save_slot("in", legacy, 3)
+    meta = json.loads((legacy / "meta.json").read_text())
+    (legacy / "meta.json").write_text(json.dumps(meta["tensors"]))
+    st = ActivationStore("cpu", torch.device("cpu"))
+    RunState(tmp_path, {}, 3, 3).restore(st, "in", 2, [0, 1, 2], tokens)
+    assert all(torch.equal(st.get("in", i), xs[i]) for i in range(3))
