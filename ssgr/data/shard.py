@@ -23,8 +23,9 @@ group is even started; rank 0 checks the settings as a plain rerun does). The se
 checked against OUT's before generating when OUT already holds complete problems of this run,
 else on the merged file before it replaces OUT.
 
-Logging: INFO from rank 0 only; WARNING and ERROR from every rank, prefixed with ``[rank r/N]``;
-the progress bar on rank 0 only. With a CUDA device and no ``--device``, rank
+Logging: INFO from rank 0 only; WARNING and ERROR from every rank, prefixed with ``[rank r/N]``
+(:func:`ssgr._torchrun.rank_logging`, shared with ``ssgr prune``); the progress bar on rank 0
+only. With a CUDA device and no ``--device``, rank
 ``r`` generates on ``cuda:LOCAL_RANK``.
 
 This is the data-parallel pattern of ``torchrun`` jobs in general (one process per device, a
@@ -35,7 +36,6 @@ shard of the data each, one writer); the ``vllm`` generator is refused here: giv
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import logging
 import os
@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ssgr._torchrun import process_group, rank_logging, torchrun_env
 from ssgr.data.errors import DataError, GenerationError
 from ssgr.data.generate import GenerateStats, generate, meta_path
 from ssgr.data.problems import Problem, select_problems
@@ -57,27 +58,15 @@ Key = tuple[str, int]
 
 
 def dist_env() -> tuple[int, int] | None:
-    """``(rank, world_size)`` from the torchrun environment (``RANK``, ``WORLD_SIZE``), or None
-    when not started by torchrun or with one process.
+    """``(rank, world_size)`` from the torchrun environment (``RANK``, ``WORLD_SIZE``:
+    :func:`ssgr._torchrun.torchrun_env`), or None when not started by torchrun or with one
+    process.
 
     Raises :class:`~ssgr.data.errors.DataError` for values that are not integers or a rank
     outside ``[0, WORLD_SIZE)``.
     """
-    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if rank is None and world is None:
-        return None
-    try:
-        r, w = int(rank if rank is not None else 0), int(world if world is not None else 1)
-    except ValueError:
-        raise DataError(
-            f"RANK={rank!r} / WORLD_SIZE={world!r} in the environment are not integers; start "
-            "ssgr generate with torchrun (or unset them)"
-        ) from None
-    if w < 1 or not 0 <= r < w:
-        raise DataError(
-            f"RANK={r} is outside WORLD_SIZE={w} in the environment (torchrun sets both)"
-        )
-    return (r, w) if w > 1 else None
+    env = torchrun_env("generate", error=DataError)
+    return (env.rank, env.world_size) if env is not None and env.world_size > 1 else None
 
 
 def part_path(out: str | os.PathLike[str], rank: int | str, world_size: int) -> Path:
@@ -157,38 +146,6 @@ def _seed_part(part: Path, out: Path, others: Sequence[Path], mine: set[Key]) ->
     return copied
 
 
-class _RankFilter(logging.Filter):
-    """Drops records below WARNING on ranks other than 0; prefixes the rest with the rank."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        super().__init__()
-        self.rank, self.prefix = rank, f"[rank {rank}/{world_size}] "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.rank != 0 and record.levelno < logging.WARNING:
-            return False
-        if not str(record.msg).startswith(self.prefix):
-            record.msg = self.prefix + str(record.msg)
-        return True
-
-
-@contextlib.contextmanager
-def rank_logging(rank: int, world_size: int) -> Iterator[None]:
-    """For the block: INFO from rank 0 only, WARNING / ERROR from every rank, each line
-    prefixed with ``[rank r/N]`` (a filter on the root logger's handlers, removed after)."""
-    flt = _RankFilter(rank, world_size)
-    handlers = list(logging.getLogger().handlers) or [logging.lastResort]
-    for h in handlers:
-        if h is not None:
-            h.addFilter(flt)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            if h is not None:
-                h.removeFilter(flt)
-
-
 def _rank_device(device: str | None) -> str | None:
     """``cuda:LOCAL_RANK`` when no device is given and CUDA is present, else ``device``."""
     if device is not None:
@@ -198,21 +155,6 @@ def _rank_device(device: str | None) -> str | None:
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return None
-
-
-@contextlib.contextmanager
-def _process_group(timeout_s: float) -> Iterator[Any]:
-    """A gloo process group from the torchrun environment (an existing one is used as is)."""
-    import torch.distributed as dist
-
-    own = not dist.is_initialized()
-    if own:
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    try:
-        yield dist
-    finally:
-        if own and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def generate_sharded(
@@ -286,7 +228,7 @@ def generate_sharded(
                             part.name, copied, out.name)
             st = generate(model, mine, part, device=_rank_device(device),
                           progress=progress and rank == 0, **gen_kw)
-        with _process_group(dist_timeout) as dist:
+        with process_group("gloo", dist_timeout) as dist:
             try:
                 dist.barrier()
             except Exception as e:  # gloo: timeout or a rank that died

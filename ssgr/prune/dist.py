@@ -9,8 +9,20 @@ activation store; the statistics (Hessian sums ``X^T X``, Wanda's column squared
 counts, per expert for MoE) are summed over ranks with one ``all_reduce`` per accumulator, in
 the fixed order the layer's groups are pruned, before they are averaged by the *global* token
 count, so every rank prunes from the same statistics (equal to a single process's to fp32
-rounding: the partial sums are added in another order). Rank 0 alone writes ``--out`` and the
-report. This is the data-parallel scheme llm-compressor uses for GPTQ, applied to SparseGPT/Wanda.
+rounding: the partial sums are added in another order). Rank 0 alone writes ``--out``'s model
+files and the report. This is the data-parallel scheme llm-compressor uses for GPTQ, applied to
+SparseGPT/Wanda.
+
+Checkpoints and ``--resume``: where a single process checkpoints the next layer's inputs
+(``--checkpoint-every``), each rank saves its share under ``--out``'s state folder, one file
+per sequence named by its global number; rank 0 records the checkpoint once every rank has
+written its part (:class:`ssgr.prune.state.RunState`), so a kill of any rank at any point leaves
+the previous checkpoint valid, and ``--resume`` (under any number of ranks, or one process)
+continues from the checkpoint layer. On several nodes ``--out`` must be a filesystem every rank
+sees for this; otherwise rank 0 finds parts missing, keeps the previous checkpoint and warns.
+
+Logging (:func:`ssgr._torchrun.install_rank_logging`, shared with ``ssgr generate``): INFO from
+rank 0 only, WARNING and ERROR from every rank, each line prefixed ``[rank r/N]``.
 
 Failure handling: before each reduction and at each layer end the ranks all-reduce an error flag
 (:meth:`DistContext.check`); a rank that raised contributes its rank and broadcasts its message,
@@ -25,15 +37,15 @@ used as it is and left open.
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
+
+from ssgr import _torchrun
 
 from .errors import PruneError
 
@@ -49,16 +61,16 @@ class DistError(PruneError):
 
 def torchrun_env() -> dict[str, int] | None:
     """``{"rank", "world_size", "local_rank"}`` when started by torchrun (``RANK``,
-    ``WORLD_SIZE`` and ``MASTER_ADDR`` set), else None."""
-    if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):
+    ``WORLD_SIZE`` and ``MASTER_ADDR`` set: :func:`ssgr._torchrun.torchrun_env`), else None.
+
+    Raises:
+        PruneError when RANK / WORLD_SIZE / LOCAL_RANK are not integers or the rank is outside
+        the world.
+    """
+    env = _torchrun.torchrun_env("prune", error=PruneError, need_master=True)
+    if env is None:
         return None
-    try:
-        return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
-                "local_rank": int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))}
-    except ValueError:
-        raise PruneError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (torchrun sets them); "
-                         f"got RANK={os.environ.get('RANK')!r} "
-                         f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}") from None
+    return {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank}
 
 
 def split_by_tokens(tokens: list[int], world: int) -> list[list[int]]:
@@ -77,26 +89,6 @@ def split_by_tokens(tokens: list[int], world: int) -> list[list[int]]:
         share[r].append(i)
         load[r] += tokens[i]
     return [sorted(s) for s in share]
-
-
-class _RankPrefix(logging.Filter):
-    """Prefixes every record's message with ``[rank R]``."""
-
-    def __init__(self, rank: int) -> None:
-        super().__init__()
-        self.prefix = f"[rank {rank}] "
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(self.prefix):
-            record.msg = self.prefix + str(record.msg)
-        return True
-
-
-class _Rank0Info(logging.Filter):
-    """Drops records below WARNING (INFO and DEBUG come from rank 0 only)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
 
 
 @dataclass
@@ -187,11 +179,7 @@ class DistContext:
         token count, so its token-averaged results use the *global* token count."""
         if acc is None:
             return
-        if acc.H is not None:
-            acc._flush()
-            self.all_reduce_(acc.H, what)
-        else:
-            self.all_reduce_(acc._sq, what)
+        self.all_reduce_(acc.sums(), what)
         n = torch.tensor([acc.tokens], dtype=torch.int64, device=self._comm_device)
         with self._collective(f"all_reduce of the token count of {what}"):
             tdist.all_reduce(n)
@@ -214,8 +202,7 @@ class DistContext:
     def close(self) -> None:
         """Leave the process group (when :func:`from_env` joined it). The logging filters stay,
         so the CLI's last ERROR line still names the rank."""
-        if self.owns_group and tdist.is_initialized():
-            tdist.destroy_process_group()
+        _torchrun.leave_group(self.owns_group)
 
 
 def from_env(backend: str, timeout_s: float, device: torch.device) -> DistContext | None:
@@ -246,20 +233,12 @@ def from_env(backend: str, timeout_s: float, device: torch.device) -> DistContex
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
         raise PruneError("--dist-backend nccl needs CUDA devices; use gloo on CPU")
-    owns = not tdist.is_initialized()
-    if owns:
-        kw = {"device_id": device} if backend == "nccl" else {}
-        tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kw)
-    else:  # a group the caller initialised: its backend and timeout apply
+    kw = {"device_id": device} if backend == "nccl" else {}
+    owns = _torchrun.join_group(backend, timeout_s, **kw)
+    if not owns:  # a group the caller initialised: its backend and timeout apply
         backend = tdist.get_backend()
         rank, world = tdist.get_rank(), tdist.get_world_size()
-    filters: list[logging.Filter] = [_RankPrefix(rank)]
-    if rank != 0:
-        filters.append(_Rank0Info())
-    for h in logging.getLogger().handlers:
-        for f in filters:
-            if not any(type(g) is type(f) for g in h.filters):  # once per process
-                h.addFilter(f)
+    _torchrun.install_rank_logging(rank, world)
     ctx = DistContext(rank, world, device, backend, timeout_s, owns)
     log.info("torchrun: rank %d of %d on %s (%s)", rank, world, device, backend)
     return ctx

@@ -304,53 +304,78 @@ def _owned_names(s: _Setup) -> list[str]:
             + [loader.INDEX, "config.json", REPORT, STATE_DIR] + loader.copied_files(s.src))
 
 
-def _share(s: _Setup, d: DistContext | None) -> tuple[list[CalibSequence], list[CalibSequence]]:
+def _share(s: _Setup, d: DistContext | None
+           ) -> tuple[list[CalibSequence], list[CalibSequence], list[int]]:
     """This rank's calibration sequences (:func:`~ssgr.prune.dist.split_by_tokens`; all of them
-    without torchrun), as ``(run, counted)``: the sequences it runs through the layers and the
-    ones its statistics count. A rank left without a sequence (more ranks than sequences) runs
-    a probe instead: the first tokens of the first sequence with no statistics positions, so it
-    takes part in every layer's structure probe and collectives and adds nothing."""
+    without torchrun), as ``(run, counted, index)``: the sequences it runs through the layers,
+    the ones its statistics count, and their global numbers (the names of their activation
+    checkpoint files). A rank left without a sequence (more ranks than sequences) runs a probe
+    instead: the first tokens of the first sequence with no statistics positions, so it takes
+    part in every layer's structure probe and collectives and adds nothing (``index`` empty)."""
     if d is None:
-        return s.seqs, s.seqs
+        return s.seqs, s.seqs, list(range(len(s.seqs)))
     shares = split_by_tokens([q.tokens for q in s.seqs], d.world)
     log.info("torchrun: sequences per rank %s, tokens per rank %s",
              [len(sh) for sh in shares], [sum(s.seqs[i].tokens for i in sh) for sh in shares])
     mine = [s.seqs[i] for i in shares[d.rank]]
     if mine:
-        return mine, mine
+        return mine, mine, shares[d.rank]
     first = s.seqs[0]
     t = min(first.tokens, max(PROBE_TOKENS, STAGE_PROBE_TOKENS))
     probe = CalibSequence(first.input_ids[:, :t], first.line, {"probe": True},
                           torch.empty(0, dtype=torch.int64))
     log.warning("torchrun: %d ranks for %d calibration sequence(s): this rank has none and runs "
                 "a %d-token probe that adds no statistics", d.world, len(s.seqs), t)
-    return [probe], []
+    return [probe], [], []
 
 
 def _prepare_state(cfg: PruneConfig, s: _Setup, d: DistContext | None
-                   ) -> tuple[RunState | None, int, list]:
+                   ) -> tuple[RunState, int, list]:
     """Empty or resume the output directory (rank 0 only under torchrun). Returns the run
-    state (None on other ranks), the first layer to prune and the saved module records.
+    state (on every rank: each saves its part of the activation checkpoints), the first layer
+    to prune (the checkpoint layer of a resumed run, else 0) and the saved module records
+    (rank 0; the engine sends them to the other ranks).
 
-    Under torchrun the activation checkpoints are not written (each rank holds only its share),
-    so ``--resume`` recomputes from layer 0."""
-    if d is not None and not d.is_writer:
-        return None, 0, []
+    A resumed run's checkpoint is keyed by global sequence number (:class:`RunState`), so a
+    run checkpointed by another number of ranks (or one process) resumes with the sequences
+    re-split for this one (a WARNING names both sizes)."""
+    rank, world = (0, 1) if d is None else (d.rank, d.world)
+    state = RunState(s.plan.out, s.fp, len(s.layers), len(s.seqs), rank, world)
+    start = int(s.plan.state["ckpt_layer"]) if s.plan.state is not None else 0
+    if rank != 0:
+        return state, start, []
     out = s.plan.out
     if s.plan.remove:
         log.warning("--overwrite: removing the files ssgr wrote in %s", out)
         remove_owned(out)
     claim_files(out, _owned_names(s))
     remove_leftovers(out, finished=False)
-    state = RunState(out, s.fp, len(s.layers), len(s.seqs))
-    if s.plan.state is not None and d is None:
-        start = int(s.plan.state["ckpt_layer"])
-        log.info("resuming %s at layer %d", out, start)
-        return state, start, state.load_records(start)
-    if s.plan.state is not None:
-        log.info("resuming %s under torchrun: the ranks recompute from layer 0", out)
-    state.start()
-    return state, 0, []
+    if s.plan.state is None:
+        state.start()
+        return state, 0, []
+    saved_world = int(s.plan.state.get("world_size", 1))
+    log.info("resuming %s at layer %d (its inputs from the checkpoint of %d rank(s))", out,
+             start, saved_world)
+    if saved_world != world:
+        log.warning("--resume: %s was checkpointed by %d rank(s) and resumes on %d: the "
+                    "sequences are re-split for %d (the checkpoint is kept per sequence); the "
+                    "weights equal either run's to fp32 rounding", out, saved_world, world, world)
+    state.drop_others(keep=start)  # checkpoints a kill left unrecorded
+    return state, start, state.load_records(start)
+
+
+def _checkpoint(state: RunState, store: ActivationStore, layer: int, index: list[int],
+                d: DistContext | None) -> None:
+    """Checkpoint the inputs of ``layer`` (slot ``in``). Under torchrun every rank saves its
+    part, an error check makes sure all did, then rank 0 records the checkpoint (followed by
+    another error check, so a failed record stops every rank)."""
+    if d is None:
+        state.checkpoint(store, "in", layer)
+        return
+    _guarded(d, f"saving the checkpoint of layer {layer}", state.save_part, store, "in", layer,
+             index)
+    _guarded(d, f"recording the checkpoint of layer {layer}",
+             lambda: d.is_writer and state.commit(layer))
 
 
 def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done: LayerDone | None,
@@ -366,8 +391,10 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
             remove_leftovers(out, finished=True)
         log.info("%s is already complete; nothing to resume", cfg.out)
         return json.loads((out / REPORT).read_text())
-    seqs, counted = _guarded(d, "splitting the calibration set", _share, s, d)
+    seqs, counted, index = _guarded(d, "splitting the calibration set", _share, s, d)
     state, start, records = _guarded(d, "preparing --out", _prepare_state, cfg, s, d)
+    if d is not None and start > 0:  # rank 0's saved records of the finished layers
+        records = d.broadcast_object(records)
     timer = Timer(device)
 
     def before_first_layer():
@@ -383,7 +410,7 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
                              keep_hidden=start == 0, progress=writes)
         if start > 0:
             with timer.stage("io"):
-                state.restore(store, "in", start)
+                state.restore(store, "in", start, index, [q.tokens for q in seqs])
         return store, store_info, writer, kwargs
 
     store, store_info, writer, kwargs = _guarded(d, "capturing the first layer's inputs",
@@ -399,11 +426,11 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
                initial=start, total=n_layers, disable=not writes)
     for li in bar:
         _prune_layer_checked(run, s, li, writer)
-        if state is not None:
+        if writes:
             state.save_records(run.records)
-            if d is None and state.due(li, cfg.checkpoint_every):
-                with timer.stage("checkpoint"):
-                    state.checkpoint(store, "in", li + 1)
+        if state.due(li, cfg.checkpoint_every):
+            with timer.stage("checkpoint"):
+                _checkpoint(state, store, li + 1, index, d)
         bar.set_postfix(store=fmt_bytes(store.peak_bytes))
         if on_layer_done is not None:
             on_layer_done(li)
@@ -438,7 +465,7 @@ def _run(cfg: PruneConfig, pattern: Pattern, device: torch.device, on_layer_done
         log.warning("%d module(s) deviate from the %s pattern (flagged in the report): %s",
                     len(flagged), pattern, ", ".join(flagged[:8]))
     store.close()
-    if state is not None:
+    if writes:
         state.finish(report)
     return report
 

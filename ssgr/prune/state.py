@@ -5,8 +5,10 @@ Resume state lives in ``DIR/.ssgr_state/``:
 * ``state.json``: the fingerprint of everything that decides the output (:func:`fingerprint`:
   settings, model config and files, weight content, calibration content) and ``ckpt_layer``,
   the layer whose inputs are saved;
-* ``acts/L<k>/``: those inputs (one file per calibration sequence, see
-  :meth:`ssgr.prune.store.ActivationStore.save_slot`);
+* ``acts/L<k>/rank<r>/``: those inputs, each rank's share in its own folder, one file per
+  calibration sequence named by its global number (see :class:`RunState` and
+  :meth:`ssgr.prune.store.ActivationStore.save_slot`), so a checkpoint written by N torchrun
+  ranks resumes under any number of ranks or one process;
 * ``reports.json``: the module records of the finished layers.
 
 ``config.json``, the shard index and ``prune_report.json`` are written only when every layer is
@@ -33,7 +35,7 @@ from ssgr.io import file_sha256, foreign_files, foreign_files_message, write_jso
 from .config import NOT_NUMERIC, PruneConfig
 from .errors import PruneError, writing
 from .report import ModuleRecord
-from .store import ActivationStore
+from .store import ActivationStore, load_raw, read_saved_slot
 
 log = logging.getLogger(__name__)
 
@@ -197,20 +199,36 @@ def remove_leftovers(out: Path, *, finished: bool) -> None:
 
 class RunState:
     """``DIR/.ssgr_state/`` of one run: ``state.json``, ``reports.json`` and the activation
-    checkpoints ``acts/L<k>/``.
+    checkpoints ``acts/L<k>/rank<r>/``.
+
+    A checkpoint of layer ``k`` (the inputs of layer ``k``) is one folder per rank,
+    ``acts/L<k>/rank<r>/``, each written atomically by :meth:`save_part` with the rank's
+    sequences under their *global* numbers in the calibration set (one process: ``rank0``
+    with every sequence). It counts only once :meth:`commit` (rank 0, after every rank wrote
+    its part: under torchrun the engine puts a collective error check in between) found every
+    sequence in the parts and recorded ``ckpt_layer`` ``k`` in ``state.json`` (an atomic
+    replace); a kill before that leaves the previous checkpoint the valid one. Because the
+    files are keyed by global sequence number, not by rank, :meth:`restore` fills any split of
+    the sequences: a run resumes under another world size (or one process) with the shares
+    re-split by :func:`ssgr.prune.dist.split_by_tokens` for the new size.
 
     Args:
         out: the output directory.
-        fp: the run's :func:`fingerprint` (parts).
-        layers, sequences: the run's decoder layer and calibration sequence counts.
+        fp: the run's :func:`fingerprint` (parts; rank 0 only, ``{}`` on other ranks).
+        layers, sequences: the run's decoder layer and calibration sequence counts (global).
+        rank, world: this process's torchrun rank and the world size (0 and 1 without
+            torchrun); ``world`` is recorded in ``state.json``.
     """
 
-    def __init__(self, out: Path, fp: dict, layers: int, sequences: int) -> None:
+    def __init__(self, out: Path, fp: dict, layers: int, sequences: int, rank: int = 0,
+                 world: int = 1) -> None:
         self.out = out
         self.dir = out / STATE_DIR
         self.fp = fp
         self.layers = layers
         self.sequences = sequences
+        self.rank = rank
+        self.world = world
 
     def start(self) -> None:
         """A fresh run: empty ``reports.json`` and ``ckpt_layer`` 0. The folder is built as
@@ -234,7 +252,7 @@ class RunState:
         with writing(self.dir / "state.json"):
             write_json_atomic(self.dir / "state.json", {
                 "fingerprint": self.fp, "ckpt_layer": ckpt_layer, "layers": self.layers,
-                "sequences": self.sequences,
+                "sequences": self.sequences, "world_size": self.world,
             }, default=str)
 
     def save_records(self, records: list[ModuleRecord]) -> None:
@@ -254,25 +272,94 @@ class RunState:
         return bool(every) and ((li + 1) % every == 0 or li + 1 == self.layers) \
             and li + 1 < self.layers
 
-    def checkpoint(self, store: ActivationStore, slot: str, layer: int) -> None:
-        """Save ``slot`` (the inputs of ``layer``) to ``acts/L<layer>/``, then ``state.json``,
-        then remove older checkpoints (a kill at any point leaves one complete checkpoint)."""
-        store.save_slot(slot, self.dir / "acts" / f"L{layer}", self.sequences)
+    def _layer_dir(self, layer: int) -> Path:
+        return self.dir / "acts" / f"L{layer}"
+
+    def save_part(self, store: ActivationStore, slot: str, layer: int,
+                  index: list[int]) -> None:
+        """Save this rank's part of the inputs of ``layer``: sequences ``0..len(index)-1`` of
+        ``slot``, which are the global sequences ``index``, to ``acts/L<layer>/rank<r>/``
+        (atomically; an empty part for a rank without sequences)."""
+        store.save_slot(slot, self._layer_dir(layer) / f"rank{self.rank}", len(index), index)
+
+    def commit(self, layer: int) -> bool:
+        """Record the checkpoint of ``layer`` (rank 0, once every rank's :meth:`save_part`
+        returned): when the parts hold every sequence, write ``state.json`` and remove older
+        checkpoints; returns whether it did. A part missing (a rank whose ``--out`` is not on
+        a filesystem rank 0 sees) keeps the previous checkpoint, with a WARNING."""
+        missing = set(range(self.sequences)) - set(self._saved(layer))
+        if missing:
+            log.warning("%s: the checkpoint of layer %d lacks %d of %d sequences (the ranks "
+                        "do not share --out's filesystem?); --resume continues from the "
+                        "previous checkpoint", self._layer_dir(layer), layer, len(missing),
+                        self.sequences)
+            return False
         self.save(layer)
-        for old in (self.dir / "acts").glob("L*"):
-            if old.name != f"L{layer}":
+        self.drop_others(keep=layer, newer=False)
+        return True
+
+    def drop_others(self, keep: int, newer: bool = True) -> None:
+        """Remove the checkpoint folders of other layers than ``keep``: the older ones, and
+        with ``newer`` the newer ones too (incomplete: written before a kill, never recorded),
+        with their temporaries."""
+        acts = self.dir / "acts"
+        if not acts.is_dir():
+            return
+        for old in acts.iterdir():
+            try:
+                k = int(old.name.removeprefix("L").removesuffix(".tmp"))
+            except ValueError:
+                continue
+            if k < keep or (newer and k > keep) or (k == keep and old.name.endswith(".tmp")):
                 shutil.rmtree(old, ignore_errors=True)
 
-    def restore(self, store: ActivationStore, slot: str, layer: int) -> None:
-        """Load the checkpointed inputs of ``layer`` into ``slot``.
+    def _saved(self, layer: int) -> dict[int, tuple[Path, tuple[int, ...], torch.dtype]]:
+        """Global sequence number -> (file, shape, dtype) over every rank's part of ``layer``."""
+        found: dict[int, tuple[Path, tuple[int, ...], torch.dtype]] = {}
+        folder = self._layer_dir(layer)
+        parts = sorted(p for p in folder.glob("rank*") if p.is_dir()
+                       and not p.name.endswith(".tmp")) if folder.is_dir() else []
+        parts.append(folder)  # the one-folder layout of ssgr before per-rank parts
+        for part in parts:
+            if not (part / "meta.json").is_file():
+                continue
+            for g, path, shape, dtype in read_saved_slot(part):
+                found.setdefault(g, (path, shape, dtype))
+        return found
+
+    def checkpoint(self, store: ActivationStore, slot: str, layer: int) -> None:
+        """One process: save ``slot`` (the inputs of ``layer``, every sequence) as the part of
+        rank 0, then :meth:`commit` it (a kill at any point leaves one complete
+        checkpoint)."""
+        self.save_part(store, slot, layer, list(range(self.sequences)))
+        self.commit(layer)
+
+    def restore(self, store: ActivationStore, slot: str, layer: int, index: list[int],
+                tokens: list[int]) -> None:
+        """Load the checkpointed inputs of ``layer`` into ``slot``: sequence ``i`` of the
+        store is global sequence ``index[i]``, of ``tokens[i]`` tokens. A torchrun rank
+        without sequences (``index`` empty, one ``tokens`` entry) gets the first
+        ``tokens[0]`` positions of sequence 0 for its probe (a causal model's hidden states
+        at those positions do not depend on the later tokens).
 
         Raises:
-            PruneError when the checkpoint holds another number of sequences.
+            PruneError when the checkpoint lacks sequences or a sequence's token count differs
+            (naming the folder; the fix: ``--overwrite``).
         """
-        n = store.load_slot(slot, self.dir / "acts" / f"L{layer}")
-        if n != self.sequences:
-            raise PruneError(f"{self.dir}: checkpoint holds {n} sequences, expected "
-                             f"{self.sequences}; use --overwrite to start over")
+        saved = self._saved(layer)
+        missing = sorted(set(range(self.sequences)) - set(saved))
+        if missing:
+            raise PruneError(f"{self._layer_dir(layer)}: the checkpoint lacks {len(missing)} "
+                             f"of {self.sequences} sequences (first: {missing[0]}); use "
+                             "--overwrite to start over")
+        probe = not index
+        for i, t in enumerate(tokens):
+            path, shape, dtype = saved[0 if probe else index[i]]
+            if shape[-2] < t or (shape[-2] != t and not probe):
+                raise PruneError(f"{path}: {shape[-2]} tokens saved for calibration sequence "
+                                 f"{index[i] if index else 0}, which has {t}; use --overwrite "
+                                 "to start over")
+            store.put(slot, i, load_raw(path, shape, dtype)[..., :t, :])
 
     def finish(self, report: dict) -> None:
         """Write ``DIR/prune_report.json``, then remove the state folder: renamed to

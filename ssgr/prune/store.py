@@ -64,6 +64,24 @@ def load_raw(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Te
     return torch.from_numpy(arr).view(dtype).reshape(shape)
 
 
+def read_saved_slot(folder: Path) -> list[tuple[int, Path, tuple[int, ...], torch.dtype]]:
+    """``(global number, file, shape, dtype)`` of every sequence of a folder written by
+    :meth:`ActivationStore.save_slot` (memory-map a file with :func:`load_raw`).
+
+    Raises:
+        PruneError when ``meta.json`` is missing or unreadable (naming the folder).
+    """
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if isinstance(meta, list):  # written before the numbers were saved: 0..n-1
+            meta = {"index": list(range(len(meta))), "tensors": meta}
+        return [(int(g), folder / f"{g}.bin", tuple(m["shape"]), _DTYPES[m["dtype"]])
+                for g, m in zip(meta["index"], meta["tensors"], strict=True)]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PruneError(f"{folder}: not a complete activation checkpoint ({exc}); use "
+                         "--overwrite to start over") from None
+
+
 class ActivationStore:
     """``put(slot, i, x)`` / ``get(slot, i)`` for sequence ``i``'s activations ``x[1, t, d]``.
 
@@ -159,33 +177,45 @@ class ActivationStore:
             if va is not None:
                 d[b] = va
 
-    def save_slot(self, slot: str, folder: Path, count: int) -> None:
-        """Write sequences ``0..count-1`` of ``slot`` to ``folder`` (raw files + meta.json),
-        atomically: the folder appears complete or not at all."""
+    def save_slot(self, slot: str, folder: Path, count: int,
+                  index: list[int] | None = None) -> None:
+        """Write sequences ``0..count-1`` of ``slot`` to ``folder``, atomically: the folder
+        appears complete or not at all.
+
+        Sequence ``i`` goes to ``<index[i]>.bin`` (raw bytes); ``meta.json`` holds ``{"index":
+        [...], "tensors": [{"shape", "dtype"}, ...]}``. ``index`` (default ``0..count-1``) is
+        the global number of each sequence, so a torchrun rank's share (its sequences are
+        numbered from 0 in its store) is saved under the numbers of the whole calibration set.
+        """
+        index = list(range(count)) if index is None else list(index)
+        if len(index) != count:
+            raise PruneError(f"save_slot: {count} sequences but {len(index)} numbers")
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        meta = []
-        for i in range(count):
+        tensors = []
+        for i, g in enumerate(index):
             if self.kind == "disk":
                 shape, dtype = self._meta[slot][i]
-                with writing(tmp / f"{i}.bin"):
-                    shutil.copyfile(self._dirs[slot] / f"{i}.bin", tmp / f"{i}.bin")
+                with writing(tmp / f"{g}.bin"):
+                    shutil.copyfile(self._dirs[slot] / f"{i}.bin", tmp / f"{g}.bin")
             else:
                 t = self._mem[slot][i]
                 shape, dtype = tuple(t.shape), t.dtype
-                save_raw(t, tmp / f"{i}.bin")
-            meta.append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")})
-        (tmp / "meta.json").write_text(json.dumps(meta))
+                save_raw(t, tmp / f"{g}.bin")
+            tensors.append({"shape": list(shape), "dtype": str(dtype).removeprefix("torch.")})
+        with writing(tmp / "meta.json"):
+            (tmp / "meta.json").write_text(json.dumps({"index": index, "tensors": tensors}))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
 
     def load_slot(self, slot: str, folder: Path) -> int:
-        """Fill ``slot`` from a folder written by :meth:`save_slot`; returns the sequence count."""
-        meta = json.loads((folder / "meta.json").read_text())
-        for i, m in enumerate(meta):
-            self.put(slot, i, load_raw(folder / f"{i}.bin", tuple(m["shape"]), _DTYPES[m["dtype"]]))
-        return len(meta)
+        """Fill ``slot`` from a folder written by :meth:`save_slot`, its sequences numbered
+        ``0..n-1`` in the saved order; returns ``n``."""
+        saved = read_saved_slot(folder)
+        for i, (_, path, shape, dtype) in enumerate(saved):
+            self.put(slot, i, load_raw(path, shape, dtype))
+        return len(saved)
 
     def close(self) -> None:
         """Release memory and remove disk files."""

@@ -159,6 +159,23 @@ class HessianAccumulator:
             hessian_accumulate(self.H, self._buf[: self._pending], backend=self.backend)
             self._pending = 0
 
+    def sums(self) -> torch.Tensor:
+        """The accumulated, not yet token-averaged statistic, for a reduction across processes
+        (data-parallel calibration, :meth:`ssgr.prune.dist.DistContext.reduce_stats`): the
+        Hessian sum ``H[d, d]`` = sum of ``X^T X`` (float32; pending gathered inputs are
+        accumulated first), or, for ``hessian=False``, the column squared norm sums ``[d]``.
+
+        The tensor is the accumulator's own storage: an in-place update (``all_reduce``)
+        becomes its statistic; set :attr:`tokens` to the matching (global) token count so
+        :meth:`hessian` / :meth:`col_sq_norms` average by it. Summing the sums and the token
+        counts of several accumulators gives the accumulator of all their inputs (to fp32
+        rounding: the order of the additions differs).
+        """
+        if self.H is None:
+            return self._sq
+        self._flush()
+        return self.H
+
     def _checked(self, t: torch.Tensor, what: str) -> torch.Tensor:
         if self.tokens == 0:
             raise InputError(
