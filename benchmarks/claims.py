@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/claims.py RUN_DIR --name NAME [--results-dir benchmarks/results]
-                                [--command "the ssgr run command line"]
+                                [--command "the ssgr run command line"] [--note "text"]
 
 Reads ``RUN_DIR`` (written by ``ssgr run``, ideally with ``--ablations`` and ``--calib-seeds``)
 and writes ``benchmarks/results/claims-NAME.json``, ``.md`` and ``.png``.
@@ -39,11 +39,14 @@ max).
 Verdicts, per comparison, in the paper's direction (A better than B) and unit:
 ``reproduced`` when the 95% CI lies above 0; ``contradicted`` when it lies below 0; ``not
 reproduced`` when it covers 0 but lies wholly below the paper's lowest figure (an effect, if any,
-smaller than claimed); ``not resolved`` otherwise; ``not run`` when the run lacks one of the two
-sources (no value is invented). Rows without a paper figure get ``A higher`` / ``A lower`` /
+smaller than claimed); ``not resolved`` otherwise; ``not testable`` when the two sources'
+calibration sets (``calib/<source>.jsonl``, token ids) are the same in every draw, so the pruned
+models are too (on ``tiny`` every correct response of a problem has the same length, so ``short``,
+``ssgr`` and ``long`` pick the same tokens); ``not run`` when the run lacks one of the two sources
+(no value is invented). Rows without a paper figure get ``A higher`` / ``A lower`` /
 ``not resolved`` by the same CI rule. A claim's verdict combines its primary comparisons: all
-reproduced -> reproduced; any contradicted -> contradicted; any not run -> not run; else any not
-reproduced -> not reproduced; else not resolved.
+reproduced -> reproduced; else the first of contradicted, not run, not testable, not reproduced
+that one of them has; else not resolved.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ VERDICTS = {
     "not reproduced": "the CI covers 0 and lies wholly below the paper's lowest figure (an effect, "
                       "if any, smaller than claimed)",
     "not resolved": "the CI covers 0 and reaches the paper's figure (the run cannot tell)",
+    "not testable": "the two sources' calibration sets are token-for-token the same in every draw "
+                    "(so are the pruned models): the run cannot test the claim",
     "not run": "the run lacks one of the two sources",
 }
 
@@ -257,7 +262,7 @@ def claim_verdict(verdicts: Sequence[str]) -> str:
     """Combine the verdicts of a claim's primary comparisons (module docstring)."""
     if verdicts and all(v == "reproduced" for v in verdicts):
         return "reproduced"
-    for v in ("contradicted", "not run", "not reproduced"):
+    for v in ("contradicted", "not run", "not testable", "not reproduced"):
         if v in verdicts:
             return v
     if all(v == "A higher" for v in verdicts):
@@ -267,14 +272,45 @@ def claim_verdict(verdicts: Sequence[str]) -> str:
     return "not resolved"
 
 
+def _calib_tokens(path: Path) -> list[tuple[int, ...]] | None:
+    """The sorted token-id sequences of a ``calib/<source>.jsonl`` (None when it is missing or
+    holds text without token ids)."""
+    if not path.is_file():
+        return None
+    seqs = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                ids = json.loads(line).get("input_ids")
+                if ids is None:
+                    return None
+                seqs.append(tuple(ids))
+    return sorted(seqs)
+
+
+def same_calibration(draws: Sequence[Draw], a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` were pruned from token-for-token the same calibration set in every
+    draw (sources pruned with other ``--calib-tokens``, such as ``ssgr-response``, never are)."""
+    from ssgr.run import DERIVED_SOURCES
+
+    if not draws or a in DERIVED_SOURCES or b in DERIVED_SOURCES:
+        return False
+    for d in draws:
+        ta = _calib_tokens(d.dir / "calib" / f"{a}.jsonl")
+        if ta is None or ta != _calib_tokens(d.dir / "calib" / f"{b}.jsonl"):
+            return False
+    return True
+
+
 def compare(cmp: Comparison, draws: Sequence[Draw], dense_pass1: float,
             paper: tuple[float, float] | None) -> dict[str, Any]:
     """One comparison ``a - b``: pooled paired bootstrap over the draws holding both sources,
     each draw's own paired difference, and the verdict.
 
     Returns ``{"a", "b", "primary", "verdict", "draws", "missing"}`` and, when both ran,
-    ``"abs"`` (pass@1 points) and ``"retained"`` (divided by ``dense_pass1``) CIs, ``"per_draw"``
-    and ``"spread"`` (of the per-draw estimates).
+    ``"abs"`` (pass@1 points) and ``"retained"`` (divided by ``dense_pass1``) CIs, ``"per_draw"``,
+    ``"spread"`` (of the per-draw estimates) and ``"same_calibration"``
+    (:func:`same_calibration`).
     """
     from ssgr.eval.stats import paired_bootstrap_diff, spread
 
@@ -298,12 +334,14 @@ def compare(cmp: Comparison, draws: Sequence[Draw], dense_pass1: float,
                          "hi": ci["hi"], "a_pass1": float(ra.mean()),
                          "b_pass1": float(rb.mean())})
     retained = _scaled(pooled, dense_pass1) if dense_pass1 > 0 else None
+    same = same_calibration(used, cmp.a, cmp.b)
     row.update(
+        same_calibration=same,
         draws=[d.seed for d in used], missing=[], problems=len(ids),
         a_pass1=float(a.mean()), b_pass1=float(b.mean()),
         abs=pooled, retained=retained,
         per_draw=per_draw, spread=spread([p["estimate"] for p in per_draw]),
-        verdict=verdict(retained if retained else pooled, paper),
+        verdict="not testable" if same else verdict(retained if retained else pooled, paper),
     )
     return row
 
@@ -363,7 +401,8 @@ def run_command(cfg: dict[str, Any]) -> str:
     return " \\\n    ".join(parts)
 
 
-def build(run: Path, name: str, command: str | None = None) -> dict[str, Any]:
+def build(run: Path, name: str, command: str | None = None,
+          note: str | None = None) -> dict[str, Any]:
     """Everything the table shows, plus the run's settings (see the module docstring).
 
     Raises:
@@ -410,6 +449,7 @@ def build(run: Path, name: str, command: str | None = None) -> dict[str, Any]:
         "config": cfg,
         "run_key": _load_json(key_path, "the run key") if key_path.is_file() else None,
         "command": command,
+        "note": note,
         "equivalent_command": run_command(cfg),
         "run_wall_s": results.get("wall_s"),
         "sizes": {
@@ -521,6 +561,8 @@ def format_markdown(rep: dict[str, Any]) -> str:
     if rep.get("command"):
         lines += ["Equivalent, from run_config.json:", "", "```bash", rep["equivalent_command"],
                   "```", ""]
+    if rep.get("note"):
+        lines += [rep["note"], ""]
     chk = rep["ssgr_checkout"]
     lines += [
         "The table:",
@@ -622,12 +664,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="where to write them (default benchmarks/results)")
     ap.add_argument("--command", default=None,
                     help="the ssgr run command line as it was run (shown in the .md)")
+    ap.add_argument("--note", default=None,
+                    help="a paragraph for the .md's Reproduce section (machine, wall time)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.name or "/" in args.name or args.name.startswith("."):
         raise SystemExit(f"error: --name {args.name!r}: give a plain name such as tiny")
     try:
-        rep = build(args.run, args.name, args.command)
+        rep = build(args.run, args.name, args.command, args.note)
     except InputError as e:
         log.error("%s", e)
         return 2

@@ -139,6 +139,25 @@ def test_draws_are_pooled_per_problem_and_their_spread_shown(tmp_path):
     assert _row(rep, "hard - easy")["verdict"] == "not run"
 
 
+def test_identical_calibration_sets_are_not_testable(tmp_path):
+    same = [1.0, 0.0, 0.5, 1.0] * 10
+    run = make_run(tmp_path / "r", {0: {"ssgr": same, "short": same, "long": [0.0] * N,
+                                        "ssgr-response": same}}, DENSE)
+    calib = {"ssgr": [[1, 2, 3], [4, 5]], "short": [[4, 5], [1, 2, 3]],  # same set, other order
+             "long": [[1, 2, 3, 9], [4, 5]], "ssgr-response": [[1, 2, 3], [4, 5]]}
+    (run / "calib").mkdir()
+    for name, seqs in calib.items():
+        (run / "calib" / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"input_ids": ids, "num_tokens": len(ids)}) + "\n" for ids in seqs))
+    rep = claims.build(run, "t")
+    short = _row(rep, "ssgr - short")
+    assert short["same_calibration"] and short["verdict"] == "not testable"
+    assert _row(rep, "ssgr - long")["verdict"] == "reproduced"
+    assert _claim(rep, "length")["verdict"] == "not testable"
+    resp = _row(rep, "ssgr-response - ssgr")  # same set, pruned on other tokens: a real test
+    assert not resp["same_calibration"] and resp["verdict"] == "not resolved"
+
+
 def test_verdict_rules():
     paper = (0.10, 0.13)
     assert claims.verdict({"lo": 0.01, "hi": 0.3}, paper) == "reproduced"
@@ -150,6 +169,7 @@ def test_verdict_rules():
     assert claims.claim_verdict(["reproduced", "not resolved"]) == "not resolved"
     assert claims.claim_verdict(["reproduced", "contradicted"]) == "contradicted"
     assert claims.claim_verdict(["not reproduced", "not resolved"]) == "not reproduced"
+    assert claims.claim_verdict(["not testable", "reproduced"]) == "not testable"
 
 
 def test_bad_run_directories_are_clear_errors(tmp_path):
@@ -172,12 +192,13 @@ def test_main_writes_json_md_png(tmp_path):
                                     1: {"ssgr": [1.0] * N, "text": [0.5] * N}}, DENSE)
     out = tmp_path / "res"
     assert claims.main([str(run), "--name", "fake", "--results-dir", str(out),
-                        "--command", "ssgr run --quick"]) == 0
+                        "--command", "ssgr run --quick", "--note", "Ran on a test."]) == 0
     rep = json.loads((out / "claims-fake.json").read_text())
     assert rep["config"]["model"] == "tiny" and rep["dense"]["pass1"]["estimate"] == 0.875
     assert rep["ssgr_version"] and "commit" in rep["ssgr_checkout"]
     md = (out / "claims-fake.md").read_text()
     assert "ssgr run --quick" in md and "| self-generated reasoning calibration" in md
+    assert "Ran on a test." in md
     assert "**reproduced**" in md and "+10 to +13" in md
     assert (out / "claims-fake.png").stat().st_size > 1000
     assert claims.main([str(tmp_path / "missing"), "--name", "x", "--results-dir",
