@@ -621,7 +621,10 @@ def plot(rep: dict[str, Any], png: Path) -> bool:
             ax.plot(xs, [y + 0.22] * len(xs), "k.", ms=3,
                     label="per draw" if "per draw" not in ax.get_legend_handles_labels()[1]
                     else None)
-        ax.annotate(r["verdict"], (100 * ci["hi"], y), xytext=(4, 0), textcoords="offset points",
+        right = 100 * ci["hi"]
+        if c["paper"] and r["primary"]:  # the label right of the paper's band too
+            right = max(right, 100 * c["paper"]["high"])
+        ax.annotate(r["verdict"], (right, y), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(ys, labels, fontsize=8)
