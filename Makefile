@@ -9,7 +9,7 @@ STAMP := $(VENV)/.ssgr-installed
 NATIVE_SRC := $(wildcard csrc/*.cpp csrc/*.h csrc/*.cu) setup.py pyproject.toml
 
 .PHONY: setup run test lint install-check bench cuda-check gpu-check gpu gpu-dry-run compat-table \
-	compat-check clean
+	compat-check claims clean
 
 $(VENV)/.requirements: requirements/dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,12 @@ compat-table: setup
 
 compat-check: setup
 	$(PY) benchmarks/compat_table.py --check
+
+# The paper's claims one by one from a finished `ssgr run` (issue #20): writes
+# benchmarks/results/claims-$(NAME).{json,md,png}, e.g. `make claims RUN=runs/claims NAME=tiny`.
+claims: setup
+	@test -n "$(RUN)" -a -n "$(NAME)" || { echo "usage: make claims RUN=DIR NAME=name"; exit 2; }
+	$(PY) benchmarks/claims.py $(RUN) --name $(NAME)
 
 clean:
 	rm -rf build *.egg-info ssgr/*.so $(VENV)
