@@ -116,6 +116,12 @@ class RunConfig:
     num_sequences: int | None = option(None, help="calibration sequences per source")
     tau: float = option(0.75, help="SSGR: drop problems with correctness above tau")
     corpus: str = option("news", help="generic text for the text source and text ppl")
+    ppl: str = option(
+        "all", choices=("all", "traces", "none"),
+        help="stage 5's perplexities: on the held-out traces and the --corpus (all; the corpus "
+        "only for models with a general vocabulary), the traces only, or none (the table "
+        "shows '-')",
+    )
     generator: str = option(
         "hf", choices=GENERATORS, deprecated=["--backend"],
         help="generation backend for the calibration traces",
@@ -178,8 +184,10 @@ class RunConfig:
 _OWNED = ("run_config.json", "run_key.json", "problems.jsonl", "traces.jsonl",
           "traces.jsonl.meta.json", "calib", "pruned", "eval", "ppl", "results.json",
           "results.png", "draws", "generate_cost.json")
-#: Settings that do not change any artifact (``calib_seeds``: each draw has its own files).
-_UNKEYED = ("out", "quick", "overwrite", "ablations", "calib_seeds", "concurrency_per_server")
+#: Settings that do not change any artifact (``calib_seeds``: each draw has its own files; ``ppl``:
+#: which perplexities stage 5 computes, each ppl file holding what it measured).
+_UNKEYED = ("out", "quick", "overwrite", "ablations", "calib_seeds", "concurrency_per_server",
+            "ppl")
 
 
 def run_key(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
@@ -352,8 +360,11 @@ def _perplexity(cfg: RunConfig, model_dir: Path, heldout_traces: Path, dest: Pat
                 with_corpus: bool) -> dict[str, Any]:
     from ssgr.eval.perplexity import perplexity
 
+    if cfg.ppl == "none":
+        return {}
+    with_corpus = with_corpus and cfg.ppl == "all"
     done = _read_json(dest)
-    if done is not None:
+    if done is not None and ("corpus" in done or not with_corpus):
         return done
     return perplexity(
         str(model_dir), traces=heldout_traces, corpus=cfg.corpus if with_corpus else None,

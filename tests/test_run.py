@@ -71,6 +71,26 @@ def test_rerun_reuses_every_stage(quick_run):
     assert r.stdout.splitlines()[:8] == first.stdout.splitlines()[:8]
 
 
+def test_ppl_none_skips_stage_5_and_is_not_part_of_the_key(quick_run, tmp_path):
+    import shutil
+
+    root, out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "ppl")
+    r = _ssgr("run", "--quick", "--ppl", "none", "--out", str(copy), cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "already done" in r.stderr  # reused: --ppl is not in the run key
+    assert not any((copy / "ppl").iterdir())  # stage 5 computed nothing
+    res = json.loads((copy / "results.json").read_text())
+    assert all(row["trace_ppl"] is None for row in res["rows"].values())
+    # --ppl traces afterwards computes what is missing
+    r = _ssgr("run", "--quick", "--ppl", "traces", "--out", str(copy), cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((copy / "results.json").read_text())
+    assert all(row["trace_ppl"] > 1.0 for row in res["rows"].values())
+
+
 def test_calibration_draws_kept_apart_and_summarised(quick_run, tmp_path):
     import shutil
 
