@@ -149,7 +149,7 @@ def test_sparsegpt_on_stock_hessian_no_worse_than_llmcompressor(real, oracles, b
     flips, flips_p = ((k != ref.mask).sum().item() for k in (out.mask, keep_p))
     assert rows <= rows_p + 4 and flips <= 2 * flips_p + 64, (rows, rows_p, flips, flips_p)
     rel, rel_p = (_objective(W, Q, real["raw64"]) / obj_ref - 1 for Q in (out.weight, Qp))
-    assert rel <= rel_p + 3e-4, (rel, rel_p)
+    assert rel <= max(rel_p, 0.0) + 1e-4, (rel, rel_p)
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -205,8 +205,9 @@ def test_cpu_factor_more_accurate_than_stock(real, hessian):
 def test_cpu_on_float64_sum_hessian_no_worse_than_llmcompressor(real, pattern):
     """On the float64 ``X^T X`` rounded to fp32 (the drop-in's H), the cpu backend against
     float64 SparseGPT on that H: flips within a few near-tie rows of llm-compressor's (here 0 vs
-    10 at 50%, 14 vs 28 at 2:4) and objective within 3e-4 of it (a cascade moves it either way:
-    at 2:4 llm-compressor's 28 flips land at -2.8e-4, the cpu backend's 14 at +4.7e-5)."""
+    10 at 50%, 14 vs 28 at 2:4); objective relative to the float64 result at most 1e-4 above
+    the larger of llm-compressor's and 0 (a cascade moves it either way: at 2:4 llm-compressor's
+    28 flips land at -2.8e-4, the cpu backend's 14 at +4.7e-5, 50%: +7.8e-5 and +2.7e-7)."""
     W, H, kw = real["W"], real["H64"].float(), PATTERNS[pattern]
     ref = sparsegpt_prune(W.double(), H.double(), backend="reference", **OBS, **kw)
     obj_ref = _objective(W, ref.weight, real["raw64"])
@@ -216,7 +217,7 @@ def test_cpu_on_float64_sum_hessian_no_worse_than_llmcompressor(real, pattern):
     flips, flips_p = ((k != ref.mask).sum().item() for k in (out.mask, Qp != 0))
     assert rows <= rows_p + 2 and flips <= flips_p + 16, (rows, rows_p, flips, flips_p)
     rel, rel_p = (_objective(W, Q, real["raw64"]) / obj_ref - 1 for Q in (out.weight, Qp))
-    assert rel <= rel_p + 3e-4, (rel, rel_p)
+    assert rel <= max(rel_p, 0.0) + 1e-4, (rel, rel_p)
 
 
 @pytest.mark.parametrize("edit", ["in-place", "replaced"])
