@@ -29,7 +29,8 @@ rows with a flip, and the layer objective ``||(W - W')X||^2`` relative to the fl
 chosen decoder layers, Hessians folded in per sequence from one dense pass (no activations
 kept; ``--cache`` saves or reloads them, about 1.6 GB for all 30 layers). On the shared 2-core
 machine set ``OMP_NUM_THREADS=1``: under load, two OpenMP threads per process ran the float64
-reference 10x slower. Every 3rd layer took 6 minutes, all 30 layers about 25.
+reference 10x slower. After a 15-minute capture, every 3rd layer took 6 minutes, all 30
+layers 18.
 """
 
 from __future__ import annotations
