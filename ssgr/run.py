@@ -193,8 +193,9 @@ _UNKEYED = ("out", "quick", "overwrite", "ablations", "calib_seeds", "concurrenc
 def run_key(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
     """What every artifact of a run depends on: the resolved settings (all but ``out``,
     ``quick``, ``overwrite`` and ``ablations``, which are folded into the sizes and sources,
-    and ``calib_seeds``, whose draws each live in their own directory), the model's content hash
-    and the problems' (sha256 over ids, questions and answers)."""
+    ``calib_seeds``, whose draws each live in their own directory, and ``ppl``; ``sources``
+    only as whether ``ssgr``'s set caps the others, since each source has its own files), the
+    model's content hash and the problems' (sha256 over ids, questions and answers)."""
     import hashlib
 
     from ssgr.data.problems import load_problems, problem_hash
@@ -204,13 +205,26 @@ def run_key(cfg: RunConfig, model_dir: Path) -> dict[str, Any]:
     for p in load_problems(cfg.problems):
         h.update(f"{p.id}\0{problem_hash(p)}\n".encode())
     settings = {k: v for k, v in asdict(cfg).items() if k not in _UNKEYED}
+    # each source has its own files; the others' sets depend only on whether ssgr's set caps
+    # them, so adding sources (or --ablations) to a finished run computes just the new ones
+    settings[_BUDGET] = _ssgr_caps(settings.pop("sources"))
     return {"settings": settings, "model_sha256": model_fingerprint(model_dir),
             "problems_sha256": h.hexdigest()}
 
 
+#: Run-key entry: whether ``ssgr``'s set caps the other sources' sequences and ``text``'s tokens.
+_BUDGET = "calib_capped_by_ssgr"
+
+
+def _ssgr_caps(sources: list[str]) -> bool:
+    return any(s == "ssgr" or DERIVED_SOURCES.get(s, ("",))[0] == "ssgr" for s in sources)
+
+
 def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diff = []
-    olds, news = old.get("settings", {}), new["settings"]
+    olds, news = dict(old.get("settings", {})), new["settings"]
+    if "sources" in olds:  # a key written before sources were folded into _BUDGET
+        olds[_BUDGET] = _ssgr_caps(olds.pop("sources"))
     for k, v in news.items():
         if k in olds and olds[k] != v:
             diff.append(f"{k} {olds[k]!r} -> {v!r}")

@@ -91,6 +91,26 @@ def test_ppl_none_skips_stage_5_and_is_not_part_of_the_key(quick_run, tmp_path):
     assert all(row["trace_ppl"] > 1.0 for row in res["rows"].values())
 
 
+def test_added_sources_reuse_the_finished_ones(quick_run, tmp_path):
+    import shutil
+
+    root, out, _ = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    watched = [*sorted(copy.glob("calib/*.jsonl")), *sorted(copy.glob("eval/*.json")),
+               *sorted(copy.glob("pruned/*/prune_report.json"))]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    r = _ssgr("run", "--quick", "--sources", "text,gold,sgr,ssgr,easy", "--ppl", "none",
+              "--out", str(copy), cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert (copy / "eval" / "easy.json").is_file()
+    assert "easy" in json.loads((copy / "results.json").read_text())["rows"]
+    # without ssgr the other sets would not be capped by it: refused, naming it
+    r = _ssgr("run", "--quick", "--sources", "text,gold", "--out", str(copy), cwd=root)
+    assert r.returncode != 0 and "calib_capped_by_ssgr True -> False" in r.stderr
+
+
 def test_calibration_draws_kept_apart_and_summarised(quick_run, tmp_path):
     import shutil
 
