@@ -55,6 +55,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -397,7 +398,7 @@ def run_command(cfg: dict[str, Any]) -> str:
             continue
         if isinstance(v, list):
             v = ",".join(str(x) for x in v)
-        parts.append(f"--{key.replace('_', '-')} {v}")
+        parts.append(f"--{key.replace('_', '-')} {shlex.quote(str(v))}")
     return " \\\n    ".join(parts)
 
 

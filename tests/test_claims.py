@@ -235,3 +235,13 @@ def test_end_to_end_on_a_small_real_run(tmp_path):
     assert _row(rep, "ssgr - short")["verdict"] == "not run"
     assert rep["sizes"]["calib"]["ssgr"]["0"]["sequences"] >= 1
     assert (res / "claims-e2e.png").is_file()
+
+
+def test_equivalent_command_is_shell_safe():
+    import shlex
+
+    cmd = claims.run_command({"model": "smollm2", "problems": "builtin:arith?n=2000&levels=1",
+                              "calib_seeds": [0, 1, 2]})
+    args = shlex.split(cmd.replace("\\\n", " "))
+    assert args[args.index("--problems") + 1] == "builtin:arith?n=2000&levels=1"
+    assert args[args.index("--calib-seeds") + 1] == "0,1,2"
