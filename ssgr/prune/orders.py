@@ -102,13 +102,8 @@ class LayerContext:
         (:attr:`~ssgr.prune.calib.CalibSequence.stat_positions`, e.g. ``attention_mask`` ones),
         all of ``x`` when it selects every position. Per-token selection lives here, so any
         rule that picks positions (a mask, prompt vs response) is applied the same way."""
-        pos = self.run.seqs[self.cur].stat_positions
-        if pos is None:
-            return x
-        sel = self._sel.get(self.cur)
-        if sel is None or sel.device != x.device:
-            sel = self._sel[self.cur] = pos.to(x.device)
-        return x.index_select(1, sel)
+        sel = self._stat_rows(x)
+        return x if sel is None else x.index_select(1, sel)
 
     @property
     def n(self) -> int:
@@ -154,8 +149,9 @@ class LayerContext:
         )
 
     def _stat_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Row indices of the statistics positions of sequence :attr:`cur` in a flattened
-        ``x[t, d]`` (an experts module's input; None: every row)."""
+        """Indices of the statistics positions of sequence :attr:`cur` (None: every position),
+        on ``x``'s device: rows of a flattened ``x[t, d]`` (an experts module's input) or
+        dimension 1 of ``x[1, t, d]`` (:meth:`stat_input`)."""
         pos = self.run.seqs[self.cur].stat_positions
         if pos is None:
             return None
