@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = prune_model(from_args(PruneConfig, args))
     env = torchrun_env()
-    if env is None or env["rank"] == 0:  # under torchrun rank 0 prints the table
+    if env is None or env.rank == 0:  # under torchrun rank 0 prints the table
         sys.stdout.write(format_table(report) + "\n")
     return 0
 

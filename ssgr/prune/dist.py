@@ -59,18 +59,15 @@ class DistError(PruneError):
     """A distributed run failed: another rank's error, a lost rank, or a collective timeout."""
 
 
-def torchrun_env() -> dict[str, int] | None:
-    """``{"rank", "world_size", "local_rank"}`` when started by torchrun (``RANK``,
+def torchrun_env() -> _torchrun.TorchrunEnv | None:
+    """This process's rank, world size and local rank when started by torchrun (``RANK``,
     ``WORLD_SIZE`` and ``MASTER_ADDR`` set: :func:`ssgr._torchrun.torchrun_env`), else None.
 
     Raises:
         PruneError when RANK / WORLD_SIZE / LOCAL_RANK are not integers or the rank is outside
         the world.
     """
-    env = _torchrun.torchrun_env("prune", error=PruneError, need_master=True)
-    if env is None:
-        return None
-    return {"rank": env.rank, "world_size": env.world_size, "local_rank": env.local_rank}
+    return _torchrun.torchrun_env("prune", error=PruneError, need_master=True)
 
 
 def split_by_tokens(tokens: list[int], world: int) -> list[list[int]]:
@@ -219,7 +216,7 @@ def from_env(backend: str, timeout_s: float, device: torch.device) -> DistContex
     env = torchrun_env()
     if env is None:
         return None
-    rank, world, local = env["rank"], env["world_size"], env["local_rank"]
+    rank, world, local = env.rank, env.world_size, env.local_rank
     if backend not in DIST_BACKENDS:
         raise PruneError(f"--dist-backend {backend}: choose one of {', '.join(DIST_BACKENDS)}")
     if device.type == "cuda":
