@@ -53,6 +53,22 @@ PYBIND11_MODULE(_C, mod) {
       "dst = src reversed along both dims, n x n fp32 (see csrc/ssgr_cpu.h)", arg("src"),
       arg("n"), arg("dst"));
   mod.def(
+      "flip2d_f32_f64",
+      [](std::uintptr_t src, int64_t n, std::uintptr_t dst) {
+        py::gil_scoped_release nogil;
+        ssgr::flip2d_f32_f64(ptr<const float>(src), n, ptr<double>(dst));
+      },
+      "dst = src reversed along both dims, fp32 n x n in, fp64 out (see csrc/ssgr_cpu.h)",
+      arg("src"), arg("n"), arg("dst"));
+  mod.def(
+      "narrow_f64_f32_inplace",
+      [](std::uintptr_t buf, int64_t n) {
+        py::gil_scoped_release nogil;
+        ssgr::narrow_f64_f32_inplace(ptr<void>(buf), n);
+      },
+      "n x n fp64 at buf rounded to fp32 in place, packed at buf (see csrc/ssgr_cpu.h)",
+      arg("buf"), arg("n"));
+  mod.def(
       "nm_mask",
       [](std::uintptr_t scores, bool is_double, int64_t rows, int64_t cols, int64_t n, int64_t m,
          std::uintptr_t keep) {

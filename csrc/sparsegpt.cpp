@@ -341,12 +341,43 @@ void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t l
   for (int64_t i = 0; i < n; ++i) prune[i] = bits[i] <= thresh;
 }
 
-void flip2d_f32(const float* src, int64_t n, float* dst) {
+namespace {
+template <typename Out>
+void flip2d(const float* src, int64_t n, Out* dst) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const float* s = src + (n - 1 - i) * n + (n - 1);
-    float* d = dst + i * n;
-    for (int64_t j = 0; j < n; ++j) d[j] = s[-j];
+    Out* d = dst + i * n;
+    for (int64_t j = 0; j < n; ++j) d[j] = static_cast<Out>(s[-j]);
+  }
+}
+}  // namespace
+
+void flip2d_f32(const float* src, int64_t n, float* dst) { flip2d(src, n, dst); }
+
+void flip2d_f32_f64(const float* src, int64_t n, double* dst) { flip2d(src, n, dst); }
+
+void narrow_f64_f32_inplace(void* buf, int64_t n) {
+  // Float row i lands in bytes [4 i n, 4 (i + 1) n): inside double rows < i for i >= 1, so
+  // only rows already narrowed are overwritten. Row 0 overlaps itself: it goes through a
+  // scratch row. Then rows [a, 2a) for a = 1, 2, 4, ...: they read bytes >= 8 a n and write
+  // bytes [4 a n, 8 a n) (double rows < a, all narrowed), so within a range no read meets a
+  // write and its rows run in parallel; the range's barrier orders it before the next.
+  const double* src = static_cast<const double*>(buf);
+  float* dst = static_cast<float*>(buf);
+  {
+    std::vector<float> row0(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) row0[j] = static_cast<float>(src[j]);
+    std::memcpy(dst, row0.data(), static_cast<size_t>(n) * sizeof(float));
+  }
+  for (int64_t a = 1; a < n; a *= 2) {
+    const int64_t b = std::min(2 * a, n);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = a; i < b; ++i) {
+      const double* s = src + i * n;
+      float* d = dst + i * n;
+      for (int64_t j = 0; j < n; ++j) d[j] = static_cast<float>(s[j]);
+    }
   }
 }
 

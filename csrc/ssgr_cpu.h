@@ -40,6 +40,13 @@ void block_prune_mask_f32(const float* w, int64_t ldw, const float* u, int64_t l
 // dst[i, j] = src[n - 1 - i, n - 1 - j] for n x n fp32 matrices (contiguous, not overlapping):
 // the cpu SparseGPT's flipped copy of H, parallel over rows.
 void flip2d_f32(const float* src, int64_t n, float* dst);
+// The same flip written as float64 (exact): the float64 Cholesky factor's copy of H.
+void flip2d_f32_f64(const float* src, int64_t n, double* dst);
+
+// An n x n fp64 matrix (contiguous, at buf) rounded to fp32 in place: afterwards the first
+// 4 n^2 bytes of buf hold it as a contiguous n x n fp32 matrix (the rest is unspecified). The
+// cpu SparseGPT's float64 Cholesky factor, narrowed without a second buffer.
+void narrow_f64_f32_inplace(void* buf, int64_t n);
 
 // N:M keep mask: in every group of m consecutive columns of every row keep the n largest
 // scores (ties keep the lower column). scores [rows, cols] (cols % m == 0), keep out uint8.

@@ -9,10 +9,11 @@ in csrc/bindings.cpp.
 ``potrf_``: ``torch.linalg.cholesky`` copies its input into a new buffer, factors it and zeroes
 the other triangle, two extra passes over a ``[c, c]`` matrix (about a third of the
 factorisation's time at c = 4096 on two cores). The SparseGPT ``cpu`` backend factors a matrix it
-owns, so it calls ``spotrf`` in place instead; where torch's library exports no ``spotrf_``
-(another torch build) it falls back to ``torch.linalg.cholesky``. Integer arguments are passed as
-64-bit integers: on a little-endian machine an LP64 LAPACK reads their low 32 bits, which hold the
-same value, so the call is right for LP64 and ILP64 builds.
+owns, so it calls LAPACK ``spotrf`` (float32) or ``dpotrf`` (float64) in place instead; where
+torch's library exports no such symbol (another torch build) it falls back to
+``torch.linalg.cholesky``. Integer arguments are passed as 64-bit integers: on a little-endian
+machine an LP64 LAPACK reads their low 32 bits, which hold the same value, so the call is right
+for LP64 and ILP64 builds.
 """
 
 from __future__ import annotations
@@ -162,21 +163,37 @@ def block_prune_mask(w: torch.Tensor, u: torch.Tensor, k: int, out: torch.Tensor
     )
 
 
-def flip2d(src: torch.Tensor) -> torch.Tensor:
-    """``src`` reversed along both dimensions (= ``src.flip(0, 1)``, bit for bit), computed in
-    parallel by csrc/sparsegpt.cpp ``flip2d_f32``.
+def flip2d(src: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``src`` reversed along both dimensions (= ``src.flip(0, 1).to(dtype)``, bit for bit),
+    computed in parallel by csrc/sparsegpt.cpp ``flip2d_f32`` / ``flip2d_f32_f64``.
 
     Args:
         src: ``[n, n]`` float32 contiguous CPU matrix.
+        dtype: float32 or float64, the copy's dtype (float64 holds every float32 exactly).
     Returns:
-        a new ``[n, n]`` float32 contiguous matrix.
+        a new ``[n, n]`` contiguous matrix of ``dtype``.
     """
     n = src.shape[0] if src.dim() == 2 else -1
     _cpu_tensor("src", src, _F32, (n, n))
     _contiguous("src", src)
-    dst = torch.empty(n, n, dtype=torch.float32)
-    lib().flip2d_f32(src=src.data_ptr(), n=n, dst=dst.data_ptr())
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"flip2d writes float32 or float64, got {dtype}")
+    dst = torch.empty(n, n, dtype=dtype)
+    fn = lib().flip2d_f32 if dtype == torch.float32 else lib().flip2d_f32_f64
+    fn(src=src.data_ptr(), n=n, dst=dst.data_ptr())
     return dst
+
+
+def narrow_(A: torch.Tensor) -> torch.Tensor:
+    """``A`` (``[n, n]`` float64, contiguous, CPU) rounded to float32 in its own storage
+    (csrc/sparsegpt.cpp ``narrow_f64_f32_inplace``): returns an ``[n, n]`` contiguous float32
+    view of A's first ``4 n^2`` bytes, equal bit for bit to ``A.to(torch.float32)`` as it was.
+    A's values are destroyed; the view keeps its whole storage alive."""
+    n = A.shape[0] if A.dim() == 2 else -1
+    _cpu_tensor("A", A, (torch.float64,), (n, n))
+    _contiguous("A", A)
+    lib().narrow_f64_f32_inplace(buf=A.data_ptr(), n=n)
+    return A.reshape(-1).view(torch.float32)[: n * n].view(n, n)
 
 
 def _scores(scores: torch.Tensor) -> None:
@@ -225,44 +242,61 @@ def topk_mask(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
     return keep
 
 
-# -------------------------------------------------------------------------- LAPACK spotrf
+# ------------------------------------------------------------------ LAPACK spotrf / dpotrf
 
 
 @functools.cache
-def _spotrf() -> Callable[..., None] | None:
-    """``spotrf_`` from torch's bundled LAPACK, or None (not found, or a big-endian machine)."""
+def _lapack(symbol: str) -> Callable[..., None] | None:
+    """``symbol`` (``spotrf_`` or ``dpotrf_``) from torch's bundled LAPACK, or None (not found,
+    or a big-endian machine)."""
     if sys.byteorder != "little":
         return None
     path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
     try:
-        fn = ctypes.CDLL(path).spotrf_
+        fn = getattr(ctypes.CDLL(path), symbol)
     except (OSError, AttributeError) as exc:
-        log.debug("no spotrf_ in %s (%s): using torch.linalg.cholesky", path, exc)
+        log.debug("no %s in %s (%s): using torch.linalg.cholesky", symbol, path, exc)
         return None
     fn.restype = None
     return fn
 
 
-def potrf_available() -> bool:
-    """True when :func:`potrf_` factors in place (torch's LAPACK exports ``spotrf_``)."""
-    return _spotrf() is not None
+def _spotrf() -> Callable[..., None] | None:
+    """LAPACK ``spotrf_`` (float32 Cholesky), or None."""
+    return _lapack("spotrf_")
+
+
+def _dpotrf() -> Callable[..., None] | None:
+    """LAPACK ``dpotrf_`` (float64 Cholesky), or None."""
+    return _lapack("dpotrf_")
+
+
+def _potrf_fn(dtype: torch.dtype) -> Callable[..., None] | None:
+    return _spotrf() if dtype == torch.float32 else _dpotrf()
+
+
+def potrf_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True when :func:`potrf_` factors a ``dtype`` (float32 or float64) matrix in place
+    (torch's LAPACK exports ``spotrf_`` / ``dpotrf_``)."""
+    return _potrf_fn(dtype) is not None
 
 
 def potrf_(A: torch.Tensor) -> torch.Tensor:
-    """Lower Cholesky factor of a symmetric positive-definite ``A[c, c]`` (float32, CPU,
-    contiguous), computed in place where possible (LAPACK ``spotrf``).
+    """Lower Cholesky factor of a symmetric positive-definite ``A[c, c]`` (float32 or float64,
+    CPU, contiguous), computed in place where possible (LAPACK ``spotrf`` / ``dpotrf``).
 
-    Returns ``L[c, c]`` with ``A = L L^T`` in its lower triangle; its strict upper triangle is
-    unspecified (it keeps A's values when factored in place). Raises
+    Returns ``L[c, c]`` in A's dtype with ``A = L L^T`` in its lower triangle; its strict upper
+    triangle is unspecified (it keeps A's values when factored in place). Raises
     ``torch.linalg.LinAlgError`` when A is not positive definite, ValueError for another input.
     """
-    if (A.dtype != torch.float32 or A.device.type != "cpu" or not A.is_contiguous()
-            or A.dim() != 2 or A.shape[0] != A.shape[1]):
+    if (A.dtype not in (torch.float32, torch.float64) or A.device.type != "cpu"
+            or not A.is_contiguous() or A.dim() != 2 or A.shape[0] != A.shape[1]):
         raise ValueError(
-            f"potrf_ needs a contiguous square float32 CPU matrix, got {A.dtype} "
+            f"potrf_ needs a contiguous square float32 or float64 CPU matrix, got {A.dtype} "
             f"{tuple(A.shape)} on {A.device} (contiguous={A.is_contiguous()})"
         )
-    fn = _spotrf()
+    name = "spotrf" if A.dtype == torch.float32 else "dpotrf"
+    fn = _potrf_fn(A.dtype)
     if fn is None:
         return torch.linalg.cholesky(A)
     n = ctypes.c_int64(A.shape[0])
@@ -275,7 +309,7 @@ def potrf_(A: torch.Tensor) -> torch.Tensor:
     code -= (1 << 32) if code >= (1 << 31) else 0
     if code != 0:
         raise torch.linalg.LinAlgError(
-            f"spotrf: the leading minor of order {code} is not positive definite"
-            if code > 0 else f"spotrf: argument {-code} is invalid"
+            f"{name}: the leading minor of order {code} is not positive definite"
+            if code > 0 else f"{name}: argument {-code} is invalid"
         )
     return A

@@ -12,22 +12,26 @@ from _util import random_hessian
 from ssgr.ops import _native, support_matrix
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("c", [1, 7, 37, 300])
-def test_potrf_equals_torch_cholesky(seed, c):
-    H = random_hessian(c)
+def test_potrf_equals_torch_cholesky(seed, c, dtype):
+    H = random_hessian(c, dtype=dtype)
     H.diagonal().add_(0.01 * H.diagonal().mean())  # damped as sparsegpt_prune damps it
     A = H.clone()
     L = _native.potrf_(A)
-    if _native.potrf_available():
+    assert L.dtype == dtype
+    if _native.potrf_available(dtype):
         assert L.data_ptr() == A.data_ptr(), "factored in place"
     lower = L.tril()
-    # vs a float64 oracle: no worse than 2x torch.linalg.cholesky's fp32 error (plus a few ulps)
+    # vs a float64 oracle: no worse than 2x torch.linalg.cholesky's error in the same dtype plus
+    # a few ulps (for float64 torch's call is the oracle: another blocking order differs by ulps)
     oracle = torch.linalg.cholesky(H.double())
     err = (lower.double() - oracle).abs().max().item()
     err_torch = (torch.linalg.cholesky(H).double() - oracle).abs().max().item()
-    ulp = torch.finfo(torch.float32).eps * oracle.abs().max().item()
-    assert err <= 2 * err_torch + 4 * ulp
-    if c > 1 and _native.potrf_available():  # the strict upper triangle (not L's) is left alone
+    ulp = torch.finfo(dtype).eps * oracle.abs().max().item()
+    ulps = 4 if dtype == torch.float32 else 64
+    assert err <= 2 * err_torch + ulps * ulp
+    if c > 1 and _native.potrf_available(dtype):  # the strict upper triangle is left alone
         assert torch.equal(L.triu(1), H.triu(1))
 
 
@@ -49,17 +53,19 @@ def test_potrf_not_positive_definite_raises():
 
 @pytest.mark.parametrize(
     "A",
-    [torch.eye(4, dtype=torch.float64), torch.eye(6)[:, ::2].contiguous(), torch.eye(4).T],
-    ids=["float64", "not-square", "not-contiguous"],
+    [torch.eye(4, dtype=torch.float16), torch.eye(6)[:, ::2].contiguous(), torch.eye(4).T],
+    ids=["float16", "not-square", "not-contiguous"],
 )
 def test_potrf_rejects_other_layouts(A):
     with pytest.raises(ValueError, match="potrf_"):
         _native.potrf_(A)
 
 
-def test_potrf_falls_back_to_torch(seed, monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_potrf_falls_back_to_torch(seed, monkeypatch, dtype):
     monkeypatch.setattr(_native, "_spotrf", lambda: None)
-    H = random_hessian(20)
+    monkeypatch.setattr(_native, "_dpotrf", lambda: None)
+    H = random_hessian(20, dtype=dtype)
     torch.testing.assert_close(_native.potrf_(H.clone()).tril(), torch.linalg.cholesky(H))
 
 
@@ -71,7 +77,8 @@ def test_every_binding_has_named_arguments():
     """Every ssgr._C function takes its arguments by name (no positional-only raw pointers)."""
     lib = _native.lib()
     first = {"obs_block_f32": "w", "block_prune_mask_f32": "w", "flip2d_f32": "src",
-             "nm_mask": "scores", "topk_mask": "scores"}
+             "flip2d_f32_f64": "src", "narrow_f64_f32_inplace": "buf", "nm_mask": "scores",
+             "topk_mask": "scores"}
     for name, arg in first.items():
         signature = getattr(lib, name).__doc__.splitlines()[0]
         assert signature.startswith(f"{name}({arg}: ") and "arg0" not in signature, signature
@@ -139,6 +146,8 @@ def test_mask_and_flip_wrappers_refuse_bad_tensors():
         _native.nm_mask(torch.randn(4, 6), 2, 4)
     with pytest.raises(ValueError, match=r"src must have shape \(4, 4\)"):
         _native.flip2d(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="flip2d writes float32 or float64"):
+        _native.flip2d(torch.randn(4, 4), torch.float16)
     with pytest.raises(ValueError, match="k=40"):
         _native.block_prune_mask(torch.randn(5, 8), torch.eye(8), 40,
                                  torch.empty(5, 8, dtype=torch.uint8))
@@ -179,3 +188,27 @@ def test_topk_mask_memory_is_one_index_buffer():
                        env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True)
     grown_mib = float(r.stdout.split()[-1])
     assert grown_mib < 70, f"topk_mask grew the peak RSS by {grown_mib:.0f} MiB"
+
+
+@needs_c
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 257, 1000])
+def test_narrow_in_place_equals_to_float32(seed, n):
+    """``narrow_`` rounds a float64 matrix to float32 inside its own storage, bit for bit as
+    ``.to(torch.float32)`` (round to nearest even, overflow to inf, subnormals), every row
+    although each float row overwrites double rows before it."""
+    A = torch.randn(n, n, dtype=torch.float64) * torch.logspace(-40, 40, n, dtype=torch.float64)
+    A.view(-1)[:: max(1, n // 3)] = torch.tensor(1 + 2 ** -24, dtype=torch.float64)  # a tie
+    expected = A.to(torch.float32)
+    buf = A.clone()
+    L = _native.narrow_(buf)
+    assert L.dtype == torch.float32 and L.shape == (n, n) and L.is_contiguous()
+    assert L.data_ptr() == buf.data_ptr()
+    assert torch.equal(L, expected)
+
+
+def test_narrow_refuses_other_tensors():
+    with pytest.raises(ValueError, match="A must be torch.float64"):
+        _native.narrow_(torch.randn(4, 4))
+    with pytest.raises(ValueError, match=r"A must have shape \(4, 4\)"):
+        _native.narrow_(torch.randn(4, 5, dtype=torch.float64))
+
