@@ -45,6 +45,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "ops" / "fixtures" / "smollm2_l0_o_proj.pt"
+HESSIAN_FIXTURE = ROOT / "tests" / "ops" / "fixtures" / "smollm2_l27_o_proj_hessian.pt"
 SEQUENCES, SEQ_TOKENS, FIXTURE_TOKENS = 16, 256, 64
 
 log = logging.getLogger("make_real_fixture")
@@ -99,6 +100,29 @@ def write_fixture(acts: dict[str, torch.Tensor], path: Path = FIXTURE) -> None:
             "SmolLM2-135M-Instruct layer 0 self_attn.o_proj: inputs of the first "
             f"{FIXTURE_TOKENS} tokens of {SEQUENCES} rows of {SEQ_TOKENS} WikiText tokens "
             "(ssgr text source, seed 0); weight in float16. benchmarks/make_real_fixture.py"
+        ),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+
+def write_hessian_fixture(path: Path = HESSIAN_FIXTURE) -> None:
+    """Layer 27's ``self_attn.o_proj`` from :func:`capture_model_hessians`: IST's fp32 running
+    average Hessian ``H[576, 576]`` of the 16 x 256 tokens and the weight ``W[576, 576]``, both
+    float32 (2.7 MB). A module where the cpu backend's float32 factor flipped ~60 near-ties and
+    llm-compressor none (issue #18 item 8): SparseGPT's choices there depend on the last bits of
+    W and H, so neither is rounded further. IST's running average depends on the fp32 GEMMs'
+    summation order, so a capture on another machine or thread count gives another H."""
+    slot = capture_model_hessians([27])[27]["o"]
+    data = {
+        "H": slot["stock"].contiguous(),
+        "W": slot["W"]["self_attn.o_proj"].contiguous(),
+        "source": (
+            f"SmolLM2-135M-Instruct layer 27 self_attn.o_proj: IST fp32 add_batch Hessian of "
+            f"{SEQUENCES} rows of {SEQ_TOKENS} WikiText tokens (ssgr text source, seed 0), one "
+            "row per call; weight in float32. benchmarks/make_real_fixture.py --hessian-fixture"
         ),
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -345,19 +369,26 @@ def main() -> None:
     ap.add_argument("--with-reference", action="store_true",
                     help="--measure-model: also ssgr's fp32 reference backend (llm-compressor's "
                          "loop: its masks equal llm-compressor's)")
-    ap.add_argument("--out", type=Path, default=FIXTURE, help="fixture path")
+    ap.add_argument("--hessian-fixture", action="store_true",
+                    help=f"write {HESSIAN_FIXTURE.relative_to(ROOT)} (layer 27 o_proj's stock "
+                         "Hessian and weight) instead of the activation fixture")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="fixture path (default: the chosen fixture's path in tests/ops/fixtures)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     if args.measure_model:
         measure_model(args.layers, args.cache, args.with_reference)
         return
+    if args.hessian_fixture:
+        write_hessian_fixture(args.out or HESSIAN_FIXTURE)
+        return
     acts = capture()
     if args.measure:
         for module in ("down_proj", "o_proj"):
             measure(acts, module)
     else:
-        write_fixture(acts, args.out)
+        write_fixture(acts, args.out or FIXTURE)
 
 
 if __name__ == "__main__":

@@ -305,23 +305,73 @@ def test_cpu_block_prune_mask_equals_kthvalue(seed, rows, count, ld, sparsity, v
 
 @pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
 def test_cpu_backend_without_inplace_lapack(seed, monkeypatch):
-    """Where torch's library exports no ``spotrf_`` the cpu backend factors with
-    torch.linalg.cholesky and gets the same result."""
+    """Where torch's library exports no ``spotrf_`` / ``dpotrf_`` the cpu backend factors with
+    torch.linalg.cholesky and gets the same result, with either factor precision."""
     from ssgr.ops import _native
 
     W = torch.randn(40, 96)
     H = random_hessian(96)
-    fast = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
-    monkeypatch.setattr(_native, "_spotrf", lambda: None)
-    slow = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
-    assert_same_prune(slow, fast, rtol=1e-5, atol=1e-5)
+    for factor in ("float64", "float32"):
+        monkeypatch.setenv("SSGR_CPU_FACTOR", factor)
+        fast = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
+        with monkeypatch.context() as m:
+            m.setattr(_native, "_spotrf", lambda: None)
+            m.setattr(_native, "_dpotrf", lambda: None)
+            slow = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
+        assert_same_prune(slow, fast, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
+@pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
+def test_cpu_float32_factor_equals_reference(seed, monkeypatch, rows, cols, bs, kw, peer):
+    """``SSGR_CPU_FACTOR=float32`` (the cpu backend's float32 Cholesky, ``spotrf``) is still
+    SparseGPT: equal to the reference up to near-ties, the pattern kept."""
+    monkeypatch.setenv("SSGR_CPU_FACTOR", "float32")
+    W = torch.randn(rows, cols)
+    H = random_hessian(cols)
+    ref = sparsegpt_prune(W, H, blocksize=bs, backend="reference", **kw)
+    out = sparsegpt_prune(W, H, blocksize=bs, backend="cpu", **kw)
+    assert_same_prune(out, ref, rtol=1e-4, atol=1e-4)
+    _check_pattern(out.mask, kw, bs)
+
+
+@pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
+@pytest.mark.parametrize("c", [37, 300])
+def test_cpu_factor_is_the_rounded_float64_factor(seed, monkeypatch, c):
+    """The cpu backend's default factor is the float64 Cholesky of the flipped, damped H rounded
+    to float32 (within one float32 ulp of it, entry by entry); the float32 factor
+    (``SSGR_CPU_FACTOR=float32``) is not, on an undamped-like ill-conditioned H."""
+    from ssgr.ops.sparsegpt.cpu import _flipped_cholesky
+
+    monkeypatch.delenv("SSGR_CPU_FACTOR", raising=False)
+    H = random_hessian(c)
+    damp = 1e-6 * H.diagonal().mean()  # cond(H + damp I) up to ~1e6
+    Hd = H.double().flip(0, 1)
+    Hd.diagonal().add_(damp.double())
+    L64 = torch.linalg.cholesky(Hd)
+    eps = torch.finfo(torch.float32).eps
+    slack = 1e-12 * L64.abs().max()  # float64 rounding of two LAPACK calls
+    L = _flipped_cholesky(H.contiguous(), damp).tril().double()
+    assert bool(((L - L64).abs() <= eps * L64.abs() + slack).all())
+    L32 = _flipped_cholesky(H.contiguous(), damp, torch.float32).tril().double()
+    rel32 = ((L32 - L64).abs() / (L64.abs() + slack)).max().item()
+    assert rel32 > 4 * eps, rel32
+
+
+def test_cpu_factor_env_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("SSGR_CPU_FACTOR", "fp16")
+    with pytest.raises(InputError, match="SSGR_CPU_FACTOR='fp16'.*float64.*float32"):
+        sparsegpt_prune(torch.randn(8, 16), random_hessian(16), sparsity=0.5, backend="cpu")
 
 
 @pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
 @pytest.mark.parametrize("n", [1, 7, 130])
-def test_cpu_flip2d(seed, n):
-    """The cpu backend's flipped copy of H is ``torch.flip(H, (0, 1))``, bit for bit."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_flip2d(seed, n, dtype):
+    """The cpu backend's flipped copy of H is ``torch.flip(H, (0, 1))`` in ``dtype``, bit for
+    bit."""
     from ssgr.ops import _native
 
     H = torch.randn(n, n)
-    assert torch.equal(_native.flip2d(H), H.flip(0, 1))
+    out = _native.flip2d(H, dtype)
+    assert out.dtype == dtype and torch.equal(out, H.flip(0, 1).to(dtype))

@@ -5,15 +5,33 @@ It computes the reference's result in another order: with ``T = J chol(J H J) J`
 columns) one has ``T = U^-1``, so it needs one Cholesky instead of three factorisations, and the
 trailing update is ``W_b += (sum_{a<b} (W_a - Q_a) T_ab) U_bb``, which equals
 ``W_b -= sum_{a<b} Err_a U_ab`` (``E U = W - Q``). It never forms T: the Cholesky runs in place on
-one flipped copy of H (LAPACK ``spotrf``, :func:`ssgr.ops._native.potrf_`) and every product reads
-that factor in flipped coordinates. The per-block column loop runs fused in C++, on tiles of 16
+one flipped copy of H (:func:`ssgr.ops._native.potrf_`) and every product reads that factor in
+flipped coordinates. The per-block column loop runs fused in C++, on tiles of 16
 rows held transposed so each step is a vector operation across rows, and the unstructured block
 threshold is a radix select there too.
+
+The factor is computed in float64 (LAPACK ``dpotrf`` on a float64 copy of the flipped H) and
+rounded to float32 for the fp32 loop; ``SSGR_CPU_FACTOR=float32`` factors in float32 (``spotrf``)
+instead. Why (issue #18 item 8): decisions at near-ties depend on the last rows of L (the first
+columns of W) being the rounding of the exact factor. Over SmolLM2-135M
+(``benchmarks/make_real_fixture.py --measure-model``) the float32 factor flipped more near-ties
+than llm-compressor's fp32 path (three fp32 factorisations), the float64 one far fewer; no
+cheaper variant tried did (float64 diagonal blocks, float64 only for the last half of L's rows
+computed from a float32 leading block, a blocked factor with float64 Schur complements of
+float32 panels). The price is the factor's time (``dpotrf`` runs at half ``spotrf``'s rate on
+the 2-core AMD EPYC it was measured on) and a ``[c, c]`` float64 buffer: ``python
+benchmarks/factor_precision.py`` gives the paired speed against llm-compressor for both (README,
+"Factor precision").
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
+
+from ssgr.errors import InputError
 
 from .. import _native
 from .._precision import ieee_fp32
@@ -31,17 +49,46 @@ def cpu_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | Non
     return None
 
 
-def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
-    """``L[c, c]`` lower with ``J (H + damp I) J = L L^T`` (J reverses the order), so that
-    ``T = J L J = U^-1``. Factored in place in one flipped copy of H
-    (:func:`ssgr.ops._native.potrf_`); L's strict upper triangle is unspecified."""
-    Hf = _native.flip2d(H)  # the one copy; damping commutes with the flip
-    Hf.diagonal().add_(damp)
-    return _native.potrf_(Hf)
+#: Environment variable: the precision of the cpu backend's Cholesky factor, ``float64``
+#: (default) or ``float32``; read at each call.
+FACTOR_ENV = "SSGR_CPU_FACTOR"
+_FACTOR_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def factor_dtype() -> torch.dtype:
+    """The dtype the cpu backend factors H in: ``$SSGR_CPU_FACTOR`` (``float64``, the default,
+    or ``float32``). Raises InputError for another value."""
+    value = os.environ.get(FACTOR_ENV, "float64").strip().lower() or "float64"
+    if value not in _FACTOR_DTYPES:
+        raise InputError(
+            f"{FACTOR_ENV}={os.environ[FACTOR_ENV]!r} is not a factor precision: use float64 (the "
+            "default: masks match a float64 run up to rounding) or float32 (faster, more "
+            "near-tie flips)"
+        )
+    return _FACTOR_DTYPES[value]
+
+
+def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor,
+                      dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``L[c, c]`` float32 lower with ``J (H + damp I) J = L L^T`` (J reverses the order), so
+    that ``T = J L J = U^-1``. ``H[c, c]``: float32, contiguous; ``damp``: scalar tensor.
+    ``dtype`` float32 factors in place in one flipped copy of H (LAPACK ``spotrf``); float64
+    factors a float64 copy (``dpotrf``) and rounds L to float32 in that copy's storage
+    (extra memory: ``8 c^2`` bytes, ``4 c^2`` for float32). L's strict upper triangle is
+    unspecified (:func:`ssgr.ops._native.potrf_`). Raises ``torch.linalg.LinAlgError`` when the
+    damped H is not positive definite."""
+    Hf = _native.flip2d(H, dtype)  # the one copy; damping commutes with the flip
+    Hf.diagonal().add_(damp.to(dtype))
+    L = _native.potrf_(Hf)
+    if dtype == torch.float32:
+        return L
+    # in place unless torch's LAPACK lacks dpotrf_ (then L is a new, column-major tensor)
+    return _native.narrow_(L) if L.data_ptr() == Hf.data_ptr() else L.to(torch.float32)
 
 
 @register("sparsegpt", "cpu", devices=("cpu",), probe=_native.probe, supports=cpu_supports,
-          limits="float32 computation: no float64 W/H (reference)")
+          limits="float32 computation with a float64 Cholesky factor (SSGR_CPU_FACTOR=float32: "
+                 "a float32 one): no float64 W/H (reference)")
 def sparsegpt(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
@@ -62,7 +109,8 @@ def _flipped_sparsegpt(
     percdamp: float,
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     Wc, Hc = prepare(W, H, torch.float32)
-    L, damping = damped(Hc.contiguous(), percdamp, _flipped_cholesky)
+    factor = functools.partial(_flipped_cholesky, dtype=factor_dtype())
+    L, damping = damped(Hc.contiguous(), percdamp, factor)
     del Hc
     rows, cols = Wc.shape
     keep = torch.empty(rows, cols, dtype=torch.bool)
