@@ -3,7 +3,7 @@
 
 The ``cpu`` backend factors the flipped, damped Hessian once (:func:`ssgr.ops.sparsegpt.cpu.
 _flipped_cholesky`): in float64 by default (LAPACK ``dpotrf``, L rounded to float32), or in
-float32 with ``SSGR_CPU_FACTOR=float32`` (``spotrf``). Over SmolLM2-135M the float32 factor
+float32 with ``SSGR_SPARSEGPT_FACTOR=float32`` (``spotrf``). Over SmolLM2-135M the float32 factor
 flips more near-tie decisions than llm-compressor's fp32 path and the float64 one far fewer
 (``python benchmarks/make_real_fixture.py --measure-model``); this script measures what the
 float64 factor costs. It times both against llm-compressor 0.14's ``sparsify_weight`` (the peer)
@@ -29,7 +29,7 @@ import torch
 
 from ssgr.compat.peers import llmcompressor_sparsify, peer_pattern
 from ssgr.ops import sparsegpt_prune
-from ssgr.ops.sparsegpt.cpu import FACTOR_ENV
+from ssgr.ops.sparsegpt._common import FACTOR_ENV
 
 log = logging.getLogger("factor_precision")
 
@@ -50,7 +50,8 @@ def _seconds(fn: Callable[..., object], *args: object, **kwargs: object) -> floa
 
 
 def _ssgr_seconds(factor: str, W: torch.Tensor, H: torch.Tensor, kw: dict) -> float:
-    """One ``cpu`` backend call with ``SSGR_CPU_FACTOR=factor`` (the caller's value restored)."""
+    """One ``cpu`` backend call with ``SSGR_SPARSEGPT_FACTOR=factor`` (the caller's value is
+    restored)."""
     old = os.environ.get(FACTOR_ENV)
     os.environ[FACTOR_ENV] = factor
     try:

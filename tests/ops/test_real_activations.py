@@ -251,9 +251,9 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
     tokens): against float64 SparseGPT on the same H, the cpu backend (float64 Cholesky factor,
     the default) flips no more of the 331776 decisions than llm-compressor's fp32 path, at 50%
     and 2:4 (0 and 0 with 1 to 4 threads; llm-compressor 0 and 0 with 2 to 4 threads, 4 and 22
-    with one). The float32 factor (``SSGR_CPU_FACTOR=float32``, the backend's factor before the
-    fix) flipped 62 at 2:4 with every thread count and 58 at 50% with 2 or 3 (0 with 1 or 4):
-    over both patterns the fixture tells the two factors apart."""
+    with one). The float32 factor (``SSGR_SPARSEGPT_FACTOR=float32``, the backend's factor
+    before the fix) flipped 62 at 2:4 with every thread count and 58 at 50% with 2 or 3 (0 with
+    1 or 4): over both patterns the fixture tells the two factors apart."""
     data = torch.load(HESSIAN_FIXTURE, weights_only=True)
     W, H = data["W"], data["H"]
     total = {"float64": 0, "float32": 0}
@@ -263,7 +263,7 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
                                        OBS["percdamp"])
         flips_p = int(((Qp != 0) != ref).sum())
         for factor in total:
-            monkeypatch.setenv("SSGR_CPU_FACTOR", factor)
+            monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", factor)
             flips = int((sparsegpt_prune(W, H, backend="cpu", **OBS, **kw).mask != ref).sum())
             total[factor] += flips
             if factor == "float64":

@@ -312,7 +312,7 @@ def test_cpu_backend_without_inplace_lapack(seed, monkeypatch):
     W = torch.randn(40, 96)
     H = random_hessian(96)
     for factor in ("float64", "float32"):
-        monkeypatch.setenv("SSGR_CPU_FACTOR", factor)
+        monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", factor)
         fast = sparsegpt_prune(W, H, n=2, m=4, blocksize=32, backend="cpu")
         with monkeypatch.context() as m:
             m.setattr(_native, "_spotrf", lambda: None)
@@ -324,9 +324,9 @@ def test_cpu_backend_without_inplace_lapack(seed, monkeypatch):
 @pytest.mark.skipif(support_matrix()["sparsegpt"]["cpu"] is not None, reason="no cpu backend")
 @pytest.mark.parametrize("rows,cols,bs,kw,peer", CASES)
 def test_cpu_float32_factor_equals_reference(seed, monkeypatch, rows, cols, bs, kw, peer):
-    """``SSGR_CPU_FACTOR=float32`` (the cpu backend's float32 Cholesky, ``spotrf``) is still
+    """``SSGR_SPARSEGPT_FACTOR=float32`` (the cpu backend's float32 Cholesky, ``spotrf``) is still
     SparseGPT: equal to the reference up to near-ties, the pattern kept."""
-    monkeypatch.setenv("SSGR_CPU_FACTOR", "float32")
+    monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", "float32")
     W = torch.randn(rows, cols)
     H = random_hessian(cols)
     ref = sparsegpt_prune(W, H, blocksize=bs, backend="reference", **kw)
@@ -340,10 +340,10 @@ def test_cpu_float32_factor_equals_reference(seed, monkeypatch, rows, cols, bs, 
 def test_cpu_factor_is_the_rounded_float64_factor(seed, monkeypatch, c):
     """The cpu backend's default factor is the float64 Cholesky of the flipped, damped H rounded
     to float32 (within one float32 ulp of it, entry by entry); the float32 factor
-    (``SSGR_CPU_FACTOR=float32``) is not, on an undamped-like ill-conditioned H."""
+    (``SSGR_SPARSEGPT_FACTOR=float32``) is not, on an undamped-like ill-conditioned H."""
     from ssgr.ops.sparsegpt.cpu import _flipped_cholesky
 
-    monkeypatch.delenv("SSGR_CPU_FACTOR", raising=False)
+    monkeypatch.delenv("SSGR_SPARSEGPT_FACTOR", raising=False)
     H = random_hessian(c)
     damp = 1e-6 * H.diagonal().mean()  # cond(H + damp I) up to ~1e6
     Hd = H.double().flip(0, 1)
@@ -358,9 +358,37 @@ def test_cpu_factor_is_the_rounded_float64_factor(seed, monkeypatch, c):
     assert rel32 > 4 * eps, rel32
 
 
+@pytest.mark.parametrize("block", [16, 2048])
+@pytest.mark.parametrize("c", [37, 300])
+def test_gpu_inverse_factor_is_the_rounded_float64_factor(seed, monkeypatch, c, block):
+    """The GPU backends' host loop (device-agnostic torch, run here on CPU tensors) gets U, the
+    upper Cholesky factor of ``(H + damp I)^-1``, as ``T^-1`` by column blocks of
+    ``INVERSE_BLOCK`` (16: three blocks and a partial one at c=37), in float64 then rounded:
+    within one float32 ulp of the float64 U entry by entry (its strict lower triangle exactly
+    0). The float32 factor (``SSGR_SPARSEGPT_FACTOR=float32``) is not, on an ill-conditioned H."""
+    from ssgr.ops.sparsegpt import gpu
+    from ssgr.ops.sparsegpt.reference import inverse_hessian_factor
+
+    monkeypatch.setattr(gpu, "INVERSE_BLOCK", block)
+    H = random_hessian(c)
+    damp = 1e-6 * H.diagonal().mean()
+    Hd = H.double()
+    Hd.diagonal().add_(damp.double())
+    U64 = inverse_hessian_factor(Hd)
+    eps = torch.finfo(torch.float32).eps
+    slack = 1e-10 * U64.abs().max()  # float64 rounding of two routes to U
+    U = gpu._inverse_factor_flipped(H, damp)
+    assert U.dtype == torch.float32 and U.is_contiguous()
+    assert bool((U.tril(-1) == 0).all())
+    assert bool(((U.double() - U64).abs() <= eps * U64.abs() + slack).all())
+    U32 = gpu._inverse_factor_flipped(H, damp, torch.float32).double()
+    rel32 = ((U32 - U64).abs() / (U64.abs() + slack)).max().item()
+    assert rel32 > 4 * eps, rel32
+
+
 def test_cpu_factor_env_rejects_other_values(monkeypatch):
-    monkeypatch.setenv("SSGR_CPU_FACTOR", "fp16")
-    with pytest.raises(InputError, match="SSGR_CPU_FACTOR='fp16'.*float64.*float32"):
+    monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", "fp16")
+    with pytest.raises(InputError, match="SSGR_SPARSEGPT_FACTOR='fp16'.*float64.*float32"):
         sparsegpt_prune(torch.randn(8, 16), random_hessian(16), sparsity=0.5, backend="cpu")
 
 

@@ -110,14 +110,15 @@ def sparsegpt_prune(
         n, m: N:M pattern instead of ``sparsity``: keep n of every m consecutive inputs.
         blocksize: columns per OBS block (a multiple of m for N:M).
         percdamp: damping as a fraction of ``mean(diag H)`` (> 0).
-        backend: force a backend (see ``ssgr info``); None dispatches by device. The ``cpu``
-            backend factors H in float64 (``SSGR_CPU_FACTOR=float32``: its faster fp32 factor,
-            with more near-tie flips; README "Factor precision").
+        backend: force a backend (see ``ssgr info``); None dispatches by device. The fp32
+            backends (cpu, triton, cuda) compute H's Cholesky factor in float64;
+            ``SSGR_SPARSEGPT_FACTOR=float32`` computes it in fp32 (faster on CPU, more near-tie
+            flips; README "Factor precision").
     Returns:
         :class:`SparseGPTResult` ``(weight [r, c] in W's dtype, mask [r, c] bool, loss, damping)``.
     Raises:
         InputError: bad shapes, dtypes, devices, pattern or NaN/Inf in W or H; a
-            ``SSGR_CPU_FACTOR`` other than float64 or float32 (cpu backend).
+            ``SSGR_SPARSEGPT_FACTOR`` other than float64 or float32.
         CholeskyError: H stays non positive-definite after every damping retry.
         BackendError: a forced backend that cannot run here or cannot take this call (a float64
             W or H, a blocksize or N:M group wider than its kernel takes; ``ssgr info`` lists

@@ -1,14 +1,16 @@
 """What every SparseGPT implementation shares: the input preparation (dead columns), the damped
-factorisation with its retries, and :class:`CholeskyError`."""
+factorisation with its retries, the factor's precision (:func:`factor_dtype`) and
+:class:`CholeskyError`."""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
 
-from ssgr.errors import SSGRError
+from ssgr.errors import InputError, SSGRError
 
 from .. import _checks
 
@@ -16,6 +18,26 @@ log = logging.getLogger(__name__)
 
 #: Damping tries: ``percdamp``, then x10 each time.
 MAX_DAMPING_TRIES = 4
+
+#: Environment variable: the precision the fp32 backends (cpu, triton, cuda) compute the
+#: damped Hessian's Cholesky factor (and, on a GPU, its inverse) in before rounding it to
+#: float32: ``float64`` (default) or ``float32``; read at each call.
+FACTOR_ENV = "SSGR_SPARSEGPT_FACTOR"
+_FACTOR_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def factor_dtype() -> torch.dtype:
+    """``$SSGR_SPARSEGPT_FACTOR`` as a dtype: float64 (the default) or float32. The float32
+    factor is faster on CPU but flips more near-tie decisions than llm-compressor's fp32 path
+    (issue #18 item 8; README "Factor precision"). Raises InputError for another value."""
+    value = os.environ.get(FACTOR_ENV, "").strip().lower() or "float64"
+    if value not in _FACTOR_DTYPES:
+        raise InputError(
+            f"{FACTOR_ENV}={os.environ[FACTOR_ENV]!r} is not a factor precision: use float64 (the "
+            "default: masks match a float64 run up to rounding) or float32 (faster on CPU, more "
+            "near-tie flips)"
+        )
+    return _FACTOR_DTYPES[value]
 
 
 class CholeskyError(SSGRError, RuntimeError):

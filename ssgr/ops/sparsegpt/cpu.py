@@ -11,32 +11,29 @@ rows held transposed so each step is a vector operation across rows, and the uns
 threshold is a radix select there too.
 
 The factor is computed in float64 (LAPACK ``dpotrf`` on a float64 copy of the flipped H) and
-rounded to float32 for the fp32 loop; ``SSGR_CPU_FACTOR=float32`` factors in float32 (``spotrf``)
-instead. Why (issue #18 item 8): decisions at near-ties depend on the last rows of L (the first
-columns of W) being the rounding of the exact factor. Over SmolLM2-135M
-(``benchmarks/make_real_fixture.py --measure-model``) the float32 factor flipped more near-ties
-than llm-compressor's fp32 path (three fp32 factorisations), the float64 one far fewer; no
-cheaper variant tried did (float64 diagonal blocks, float64 only for the last half of L's rows
-computed from a float32 leading block, a blocked factor with float64 Schur complements of
-float32 panels). The price is the factor's time (``dpotrf`` runs at half ``spotrf``'s rate on
-the 2-core AMD EPYC it was measured on) and a ``[c, c]`` float64 buffer: ``python
-benchmarks/factor_precision.py`` gives the paired speed against llm-compressor for both (README,
-"Factor precision").
+rounded to float32 for the fp32 loop; ``SSGR_SPARSEGPT_FACTOR=float32`` factors in float32
+(``spotrf``) instead (:func:`ssgr.ops.sparsegpt._common.factor_dtype`). Why (issue #18 item
+8): decisions at near-ties depend on the last rows of L (the first columns of W) being the
+rounding of the exact factor. Over SmolLM2-135M (``benchmarks/make_real_fixture.py
+--measure-model``) the float32 factor flipped more near-ties than llm-compressor's fp32 path
+(three fp32 factorisations), the float64 one far fewer; no cheaper variant tried did (float64
+diagonal blocks, float64 only for the last half of L's rows computed from a float32 leading
+block, a blocked factor with float64 Schur complements of float32 panels). The price is the
+factor's time (``dpotrf`` runs at half ``spotrf``'s rate on the 2-core AMD EPYC it was measured
+on) and a ``[c, c]`` float64 buffer: ``python benchmarks/factor_precision.py`` gives the paired
+speed against llm-compressor for both (README, "Factor precision").
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
-
-from ssgr.errors import InputError
 
 from .. import _native
 from .._precision import ieee_fp32
 from .._registry import register
-from ._common import damped, prepare
+from ._common import damped, factor_dtype, prepare
 
 
 def cpu_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | None = None,
@@ -47,25 +44,6 @@ def cpu_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | Non
         return ("it computes in float32; a float64 W or H is computed in float64 by the "
                 "reference")
     return None
-
-
-#: Environment variable: the precision of the cpu backend's Cholesky factor, ``float64``
-#: (default) or ``float32``; read at each call.
-FACTOR_ENV = "SSGR_CPU_FACTOR"
-_FACTOR_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def factor_dtype() -> torch.dtype:
-    """The dtype the cpu backend factors H in: ``$SSGR_CPU_FACTOR`` (``float64``, the default,
-    or ``float32``). Raises InputError for another value."""
-    value = os.environ.get(FACTOR_ENV, "float64").strip().lower() or "float64"
-    if value not in _FACTOR_DTYPES:
-        raise InputError(
-            f"{FACTOR_ENV}={os.environ[FACTOR_ENV]!r} is not a factor precision: use float64 (the "
-            "default: masks match a float64 run up to rounding) or float32 (faster, more "
-            "near-tie flips)"
-        )
-    return _FACTOR_DTYPES[value]
 
 
 def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor,
@@ -87,8 +65,8 @@ def _flipped_cholesky(H: torch.Tensor, damp: torch.Tensor,
 
 
 @register("sparsegpt", "cpu", devices=("cpu",), probe=_native.probe, supports=cpu_supports,
-          limits="float32 computation with a float64 Cholesky factor (SSGR_CPU_FACTOR=float32: "
-                 "a float32 one): no float64 W/H (reference)")
+          limits="float32 computation with a float64 Cholesky factor (SSGR_SPARSEGPT_FACTOR="
+                 "float32: a float32 one): no float64 W/H (reference)")
 def sparsegpt(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,

@@ -4,6 +4,7 @@ csrc/sparsegpt.cu: blocks of at most 128 columns, N:M groups of at most ``obs_ma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -12,7 +13,7 @@ from ssgr.errors import InputError
 
 from .. import _gpu
 from .._registry import register
-from ._common import damped, prepare
+from ._common import damped, factor_dtype, prepare
 
 #: Widest block of the Triton OBS kernel: it holds ``BC = next_power_of_2(blocksize)`` columns of
 #: its rows in registers, compiled spill-free for sm_90a up to BC=256
@@ -54,14 +55,35 @@ def cuda_supports(*, dtype: torch.dtype | None = None, H_dtype: torch.dtype | No
 CUDA_MAX_BLOCK = 128
 
 
-def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
-    """``T[c, c]`` upper triangular with ``T = U^-1`` (U = upper Cholesky of ``(H + damp I)^-1``):
-    ``H + damp I = T T^T``, i.e. ``T = J chol(J (H + damp I) J) J``."""
-    Hf = H.flip(0, 1)  # a copy; damping the diagonal commutes with the flip
-    Hf.diagonal().add_(damp)
+#: Column-block width of the triangular inversion ``U = T^-1`` (bounds its temporary).
+INVERSE_BLOCK = 2048
+
+
+def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor,
+                            dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``U[c, c]`` float32, upper, row-major: the upper Cholesky factor of ``(H + damp I)^-1``,
+    computed as ``U = T^-1`` with ``T = J chol(J (H + damp I) J) J`` (``H + damp I = T T^T``, J
+    reverses the order). ``H[c, c]`` float32; ``damp`` a scalar tensor. The Cholesky and the
+    inversion run in ``dtype`` (float64 by default, :func:`ssgr.ops.sparsegpt._common.
+    factor_dtype`) and U is rounded to float32 at the end; the inversion goes by column blocks of
+    :data:`INVERSE_BLOCK` (``U[:j2, j1:j2] = T[:j2, :j2]^-1 E[:j2, j1:j2]``, E the identity).
+    Beside H it holds at most two ``[c, c]`` matrices in ``dtype`` (16 c^2 bytes for float64),
+    then T and the float32 U. Raises
+    ``torch.linalg.LinAlgError`` when the damped H is not positive definite."""
+    Hf = H.flip(0, 1).to(dtype)  # damping the diagonal commutes with the flip
+    Hf.diagonal().add_(damp.to(dtype))
     L = torch.linalg.cholesky(Hf)
     del Hf
-    return L.flip(0, 1)
+    T = L.flip(0, 1)
+    del L
+    c = T.shape[0]
+    U = torch.zeros(c, c, dtype=torch.float32, device=T.device)
+    for j1 in range(0, c, INVERSE_BLOCK):
+        j2 = min(j1 + INVERSE_BLOCK, c)
+        E = torch.zeros(j2, j2 - j1, dtype=dtype, device=T.device)
+        E[j1:j2].fill_diagonal_(1)
+        U[:j2, j1:j2] = torch.linalg.solve_triangular(T[:j2, :j2], E, upper=True)
+    return U
 
 
 def unstructured_prune(W1: torch.Tensor, Ubb: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -91,12 +113,14 @@ def blocked_sparsegpt(
     """SparseGPT on ``W[r, c]`` with ``H[c, c]`` in fp32 around a fused block kernel (shared by the
     triton and cuda backends). torch.linalg (cuSOLVER on a GPU) factors the damped H with the
     retries of :func:`ssgr.ops.sparsegpt._common.damped`: ``T = U^-1`` from one Cholesky, ``U``
-    from one triangular solve. Per block: the unstructured prune mask (a threshold over the whole
-    block, in torch), ``block_fn(W1, U_bb, prune, n_prune, m, keep, err, losses)`` (the fused
-    column loop, in place), then the trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` (one
-    GEMM). Everything runs inside :func:`ssgr.ops._gpu.launch_scope` (W's device current, IEEE
-    float32 GEMMs). Returns ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``; raises InputError
-    when W and H are on different devices."""
+    by triangular solves, both in float64 unless ``SSGR_SPARSEGPT_FACTOR=float32``
+    (:func:`_inverse_factor_flipped`), U then rounded to float32. Per block: the unstructured
+    prune mask (a threshold over the whole block, in torch), ``block_fn(W1, U_bb, prune,
+    n_prune, m, keep, err, losses)`` (the fused column loop, in place), then the trailing update
+    ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` (one GEMM). Everything runs inside
+    :func:`ssgr.ops._gpu.launch_scope` (W's device current, IEEE float32 GEMMs). Returns
+    ``(Q[r, c] fp32, keep[r, c] bool, loss, damping)``; raises InputError when W and H are on
+    different devices."""
     with _gpu.launch_scope("sparsegpt", W=W, H=H):
         return _blocked(W, H, sparsity, n_prune, m, blocksize, percdamp, block_fn)
 
@@ -106,12 +130,10 @@ def _blocked(
     percdamp: float, block_fn: BlockFn,
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     Wc, Hc = prepare(W, H, torch.float32)
-    T, damping = damped(Hc, percdamp, _inverse_factor_flipped)
+    factor = functools.partial(_inverse_factor_flipped, dtype=factor_dtype())
+    U, damping = damped(Hc, percdamp, factor)
     del Hc
     rows, cols = Wc.shape
-    eye = torch.eye(cols, dtype=torch.float32, device=Wc.device)
-    U = torch.linalg.solve_triangular(T, eye, upper=True).contiguous()  # row-major
-    del T, eye
     keep = torch.empty(rows, cols, dtype=torch.bool, device=Wc.device)
     losses = torch.zeros(rows, dtype=torch.float32, device=Wc.device)
     for i1 in range(0, cols, blocksize):
@@ -131,7 +153,8 @@ def _blocked(
 
 @register("sparsegpt", "triton", devices=_gpu.triton_devices, probe=_gpu.triton_probe,
           supports=triton_supports,
-          limits=f"blocksize <= {TRITON_MAX_BLOCK}; float32 computation: no float64 W/H")
+          limits=f"blocksize <= {TRITON_MAX_BLOCK}; float32 computation (float64 factor): no "
+                 "float64 W/H")
 def sparsegpt_triton(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
@@ -150,7 +173,7 @@ def _cuda_obs_block(W1, U, prune, n_prune, m, keep, err, losses) -> None:
 
 @register("sparsegpt", "cuda", devices=("cuda",), probe=_gpu.cuda_probe, supports=cuda_supports,
           limits=f"blocksize <= {CUDA_MAX_BLOCK}; m <= {CUDA_MAX_M}; "
-                 "float32 computation: no float64 W/H")
+                 "float32 computation (float64 factor): no float64 W/H")
 def sparsegpt_cuda(
     W: torch.Tensor, H: torch.Tensor, sparsity: float, n_prune: int, m: int, blocksize: int,
     percdamp: float,
