@@ -184,21 +184,23 @@ def test_dropin_end_to_end_no_worse_than_stock(real, oracles, backend, pattern):
     assert rel <= max(rel_s, 0.0) + 3e-4, (rel, rel_s)
 
 
+@pytest.mark.parametrize("factor", [torch.float32, torch.float64])
 @pytest.mark.parametrize("hessian", ["stock", "float64 sum"])
-def test_cpu_factor_more_accurate_than_stock(real, hessian):
+def test_cpu_factor_more_accurate_than_stock(real, hessian, factor):
     """The cpu backend's one flipped Cholesky gives ``U_ii = 1 / L_ff`` (``f = c - 1 - i``); the
     stock path's three fp32 factorisations (Cholesky, ``cholesky_inverse``, Cholesky) give
     ``U_ii`` directly. Against float64 ``U`` of the same fp32 H: the cpu path's relative ``U_ii``
-    error is at most half the stock path's, max and rms (here 4x to 17x smaller; the scores
-    ``w^2 / U_ii^2`` and every compensation go through these). ``float64 sum`` is the float64
-    ``X^T X`` rounded to fp32 (what the drop-in's ``add_batch`` holds)."""
+    error is at most half the stock path's, max and rms, with its float32 factor too (4x to 17x
+    smaller here; the scores ``w^2 / U_ii^2`` and every compensation go through these).
+    ``float64 sum`` is the float64 ``X^T X`` rounded to fp32 (what the drop-in's ``add_batch``
+    holds)."""
     H = real["stock"] if hessian == "stock" else real["H64"].float()
     damp = OBS["percdamp"] * H.diagonal().mean()
     Hd = H.clone()
     Hd.diagonal().add_(damp)
     u64 = inverse_hessian_factor(Hd.double()).diagonal()
     stock = inverse_hessian_factor(Hd).diagonal()
-    cpu = 1 / _flipped_cholesky(H.contiguous(), damp).diagonal().flip(0)
+    cpu = 1 / _flipped_cholesky(H.contiguous(), damp, factor).diagonal().flip(0)
 
     def err(u):
         r = (u.double() - u64).abs() / u64

@@ -68,8 +68,8 @@ def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor,
     factor_dtype`) and U is rounded to float32 at the end; the inversion goes by column blocks of
     :data:`INVERSE_BLOCK` (``U[:j2, j1:j2] = T[:j2, :j2]^-1 E[:j2, j1:j2]``, E the identity).
     Beside H it holds at most two ``[c, c]`` matrices in ``dtype`` (16 c^2 bytes for float64),
-    then T and the float32 U. Raises
-    ``torch.linalg.LinAlgError`` when the damped H is not positive definite."""
+    then T and the float32 U. Raises ``torch.linalg.LinAlgError`` when the damped H is not
+    positive definite."""
     Hf = H.flip(0, 1).to(dtype)  # damping the diagonal commutes with the flip
     Hf.diagonal().add_(damp.to(dtype))
     L = torch.linalg.cholesky(Hf)
