@@ -91,8 +91,16 @@ def capture() -> dict[str, torch.Tensor]:
     return out
 
 
-def write_fixture(acts: dict[str, torch.Tensor], path: Path = FIXTURE) -> None:
+def _save(data: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then renamed over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+
+
+def write_fixture(acts: dict[str, torch.Tensor], path: Path = FIXTURE) -> None:
     data = {
         "X": acts["X_o_proj"][:, :FIXTURE_TOKENS].contiguous(),
         "W": acts["W_o_proj"].half(),
@@ -102,10 +110,7 @@ def write_fixture(acts: dict[str, torch.Tensor], path: Path = FIXTURE) -> None:
             "(ssgr text source, seed 0); weight in float16. benchmarks/make_real_fixture.py"
         ),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    _save(data, path)
 
 
 def write_hessian_fixture(path: Path = HESSIAN_FIXTURE) -> None:
@@ -125,10 +130,7 @@ def write_hessian_fixture(path: Path = HESSIAN_FIXTURE) -> None:
             "row per call; weight in float32. benchmarks/make_real_fixture.py --hessian-fixture"
         ),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    log.info("wrote %s (%.2f MB)", path, path.stat().st_size / 1e6)
+    _save(data, path)
 
 
 # ---- the measurement (also what tests/ops/test_real_activations.py checks on the fixture) ----
