@@ -359,24 +359,30 @@ void flip2d_f32_f64(const float* src, int64_t n, double* dst) { flip2d(src, n, d
 
 void narrow_f64_f32_inplace(void* buf, int64_t n) {
   // Float row i lands in bytes [4 i n, 4 (i + 1) n): inside double rows < i for i >= 1, so
-  // only rows already narrowed are overwritten. Row 0 overlaps itself: it goes through a
-  // scratch row. Then rows [a, 2a) for a = 1, 2, 4, ...: they read bytes >= 8 a n and write
-  // bytes [4 a n, 8 a n) (double rows < a, all narrowed), so within a range no read meets a
-  // write and its rows run in parallel; the range's barrier orders it before the next.
-  const double* src = static_cast<const double*>(buf);
-  float* dst = static_cast<float*>(buf);
+  // only rows already narrowed are overwritten; row 0 overlaps itself. Every row is rounded
+  // into a scratch row first and then copied into place with memcpy (bytes, no float stores
+  // into double storage). Row 0 goes first, then rows [a, 2a) for a = 1, 2, 4, ...: they read
+  // bytes >= 8 a n and write bytes [4 a n, 8 a n) (double rows < a, all narrowed), so within a
+  // range no read meets a write and its rows run in parallel; the range's barrier orders it
+  // before the next.
+  unsigned char* bytes = static_cast<unsigned char*>(buf);
+  const size_t row_bytes = static_cast<size_t>(n) * sizeof(float);
+  auto narrow_row = [&](int64_t i, float* scratch) {
+    const double* s = reinterpret_cast<const double*>(bytes + static_cast<size_t>(i) * n * 8);
+    for (int64_t j = 0; j < n; ++j) scratch[j] = static_cast<float>(s[j]);
+    std::memcpy(bytes + static_cast<size_t>(i) * row_bytes, scratch, row_bytes);
+  };
   {
-    std::vector<float> row0(static_cast<size_t>(n));
-    for (int64_t j = 0; j < n; ++j) row0[j] = static_cast<float>(src[j]);
-    std::memcpy(dst, row0.data(), static_cast<size_t>(n) * sizeof(float));
+    std::vector<float> scratch(static_cast<size_t>(n));
+    narrow_row(0, scratch.data());
   }
   for (int64_t a = 1; a < n; a *= 2) {
     const int64_t b = std::min(2 * a, n);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = a; i < b; ++i) {
-      const double* s = src + i * n;
-      float* d = dst + i * n;
-      for (int64_t j = 0; j < n; ++j) d[j] = static_cast<float>(s[j]);
+#pragma omp parallel
+    {
+      std::vector<float> scratch(static_cast<size_t>(n));
+#pragma omp for schedule(static)
+      for (int64_t i = a; i < b; ++i) narrow_row(i, scratch.data());
     }
   }
 }
