@@ -277,7 +277,9 @@ def _potrf_fn(dtype: torch.dtype) -> Callable[..., None] | None:
 
 def potrf_available(dtype: torch.dtype = torch.float32) -> bool:
     """True when :func:`potrf_` factors a ``dtype`` (float32 or float64) matrix in place
-    (torch's LAPACK exports ``spotrf_`` / ``dpotrf_``)."""
+    (torch's LAPACK exports ``spotrf_`` / ``dpotrf_``). Raises ValueError for another dtype."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"potrf_ factors float32 or float64 matrices, not {dtype}")
     return _potrf_fn(dtype) is not None
 
 

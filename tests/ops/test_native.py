@@ -61,6 +61,11 @@ def test_potrf_rejects_other_layouts(A):
         _native.potrf_(A)
 
 
+def test_potrf_available_rejects_other_dtypes():
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _native.potrf_available(torch.float16)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_potrf_falls_back_to_torch(seed, monkeypatch, dtype):
     monkeypatch.setattr(_native, "_spotrf", lambda: None)

@@ -252,10 +252,11 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
     """Issue #18 item 8 on a late layer (27's ``o_proj``, stock fp32 Hessian of 16 x 256
     tokens): against float64 SparseGPT on the same H, the cpu backend (float64 Cholesky factor,
     the default) flips no more of the 331776 decisions than llm-compressor's fp32 path, at 50%
-    and 2:4 (0 and 0 with 1 to 4 threads; llm-compressor 0 and 0 with 2 to 4 threads, 4 and 22
-    with one). The float32 factor (``SSGR_SPARSEGPT_FACTOR=float32``, the backend's factor
-    before the fix) flipped 62 at 2:4 with every thread count and 58 at 50% with 2 or 3 (0 with
-    1 or 4): over both patterns the fixture tells the two factors apart."""
+    and 2:4, up to 8 near-ties of slack (0 and 0 with 1 to 4 threads; llm-compressor 0 and 0
+    with 2 to 4 threads, 4 and 22 with one). The float32 factor (``SSGR_SPARSEGPT_FACTOR=
+    float32``, the backend's factor before the fix) flipped 62 at 2:4 with every thread count
+    and 58 at 50% with 2 or 3 (0 with 1 or 4): over both patterns the fixture tells the two
+    factors apart."""
     data = torch.load(HESSIAN_FIXTURE, weights_only=True)
     W, H = data["W"], data["H"]
     total = {"float64": 0, "float32": 0}
@@ -268,6 +269,25 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
             monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", factor)
             flips = int((sparsegpt_prune(W, H, backend="cpu", **OBS, **kw).mask != ref).sum())
             total[factor] += flips
-            if factor == "float64":
-                assert flips <= flips_p, (kw, flips, flips_p)
+            if factor == "float64":  # a few near-ties of slack for another BLAS
+                assert flips <= flips_p + 8, (kw, flips, flips_p)
     assert total["float32"] > total["float64"], total
+
+
+def test_the_default_factor_is_float64(monkeypatch):
+    """With ``SSGR_SPARSEGPT_FACTOR`` unset the backends factor in float64: on layer 27's
+    ``o_proj`` at 2:4 the cpu backend's mask is the float64 factor's, not the float32 one's
+    (they differ in 62 decisions with 1 to 4 threads)."""
+    from ssgr.ops.sparsegpt._common import factor_dtype
+
+    data = torch.load(HESSIAN_FIXTURE, weights_only=True)
+    W, H, kw = data["W"], data["H"], PATTERNS["2:4"]
+    monkeypatch.delenv("SSGR_SPARSEGPT_FACTOR", raising=False)
+    assert factor_dtype() is torch.float64
+    default = sparsegpt_prune(W, H, backend="cpu", **OBS, **kw).mask
+    masks = {}
+    for factor in ("float64", "float32"):
+        monkeypatch.setenv("SSGR_SPARSEGPT_FACTOR", factor)
+        masks[factor] = sparsegpt_prune(W, H, backend="cpu", **OBS, **kw).mask
+    assert torch.equal(default, masks["float64"])
+    assert not torch.equal(default, masks["float32"])

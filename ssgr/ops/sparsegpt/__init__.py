@@ -29,7 +29,7 @@ from ssgr.errors import InputError
 
 from .. import _checks
 from .._registry import resolve
-from ._common import MAX_DAMPING_TRIES, CholeskyError
+from ._common import MAX_DAMPING_TRIES, CholeskyError, factor_dtype
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def sparsegpt_prune(
     _checks.finite("W", W, "the weights are corrupt; reload the model")
     _checks.finite("H", H, "the calibration activations had NaN/Inf")
     _warn_dead_inputs(H, cols, sparsity_f if n_prune == 0 else n_prune / m)
+    factor_dtype()  # a bad SSGR_SPARSEGPT_FACTOR is the caller's error, raised before dispatch
     call = sparsegpt_call(W, H, n=m - n_prune if m else 0, m=m, blocksize=blocksize)
     _, fn = resolve("sparsegpt", W.device, backend, **call)
     if n_prune == 0 and sparsity_f == 0.0:

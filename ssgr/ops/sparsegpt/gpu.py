@@ -67,8 +67,10 @@ def _inverse_factor_flipped(H: torch.Tensor, damp: torch.Tensor,
     inversion run in ``dtype`` (float64 by default, :func:`ssgr.ops.sparsegpt._common.
     factor_dtype`) and U is rounded to float32 at the end; the inversion goes by column blocks of
     :data:`INVERSE_BLOCK` (``U[:j2, j1:j2] = T[:j2, :j2]^-1 E[:j2, j1:j2]``, E the identity).
-    Beside H it holds at most two ``[c, c]`` matrices in ``dtype`` (16 c^2 bytes for float64),
-    then T and the float32 U. Raises ``torch.linalg.LinAlgError`` when the damped H is not
+    Beside H it holds two ``[c, c]`` matrices in ``dtype`` while factoring (16 c^2 bytes for
+    float64), then T, the float32 U and two ``[c, min(c, INVERSE_BLOCK)]`` blocks in ``dtype``
+    while inverting (``12 c^2 + 16 c min(c, INVERSE_BLOCK)`` bytes for float64: up to 28 c^2
+    for c <= INVERSE_BLOCK). Raises ``torch.linalg.LinAlgError`` when the damped H is not
     positive definite."""
     Hf = H.flip(0, 1).to(dtype)  # damping the diagonal commutes with the flip
     Hf.diagonal().add_(damp.to(dtype))
