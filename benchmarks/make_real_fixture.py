@@ -27,10 +27,10 @@ rows with a flip, and the layer objective ``||(W - W')X||^2`` relative to the fl
 ``python benchmarks/make_real_fixture.py --measure-model [--layers 0:30:3] [--cache FILE]`` is the
 "over the model" figure of issue #18 item 8 (:func:`measure_model`): every linear module of the
 chosen decoder layers, Hessians folded in per sequence from one dense pass (no activations
-kept; ``--cache`` saves or reloads them, about 1.6 GB for all 30 layers). On the shared 2-core
-machine set ``OMP_NUM_THREADS=1``: under load, two OpenMP threads per process ran the float64
-reference 10x slower. After a 15-minute capture, every 3rd layer took 6 minutes, all 30
-layers 18.
+kept; ``--cache`` saves or reloads them, about 1.6 GB for all 30 layers). On the idle 2-core
+machine the capture took about a minute and all 30 layers 3.5 minutes (2026-11-30); on a loaded
+one set ``OMP_NUM_THREADS=1``: two OpenMP threads per process then ran the float64 reference
+10x slower (a 15-minute capture, 18 minutes for all layers).
 """
 
 from __future__ import annotations
@@ -135,16 +135,22 @@ def write_hessian_fixture(path: Path = HESSIAN_FIXTURE) -> None:
 
 # ---- the measurement (also what tests/ops/test_real_activations.py checks on the fixture) ----
 
+def ist_add_batch(H: torch.Tensor, x: torch.Tensor, ns: int) -> None:
+    """One IST-DASLab ``SparseGPT.add_batch`` call in fp32 on ``H[d, d]`` (in place) after
+    ``ns`` samples, with one sample ``x[t, d]``: ``H *= ns / (ns + 1)``, then
+    ``H += (sqrt(2 / (ns + 1)) x)^T (sqrt(2 / (ns + 1)) x)``."""
+    H *= ns / (ns + 1)
+    xs = math.sqrt(2 / (ns + 1)) * x.t().float()
+    H += xs.matmul(xs.t())
+
+
 def ist_hessian(X: torch.Tensor) -> torch.Tensor:
-    """IST-DASLab ``SparseGPT.add_batch`` in fp32, one sample (row of X) per call: the running
-    average ``H *= n / (n + 1)``, ``n += 1``, ``H += (sqrt(2 / n) x)^T (sqrt(2 / n) x)``.
-    ``X[n, t, d]``; returns ``H[d, d] = 2 / n * sum X^T X``."""
+    """IST-DASLab ``SparseGPT.add_batch`` in fp32, one sample (row of X) per call
+    (:func:`ist_add_batch`). ``X[n, t, d]``; returns ``H[d, d] = 2 / n * sum X^T X``."""
     d = X.shape[-1]
     H = torch.zeros(d, d)
     for ns, x in enumerate(X):
-        H *= ns / (ns + 1)
-        xs = math.sqrt(2 / (ns + 1)) * x.t().float()
-        H += xs.matmul(xs.t())
+        ist_add_batch(H, x, ns)
     return H
 
 
@@ -248,9 +254,9 @@ MODEL_GROUPS = {
 def capture_model_hessians(layers: list[int]) -> dict[int, dict]:
     """Per decoder layer in ``layers`` of the dense model (float32, CPU): for each input group of
     :data:`MODEL_GROUPS`, ``raw64`` = float64 ``sum X^T X`` over the 16 x 256 tokens, ``stock`` =
-    IST's fp32 running-average ``add_batch`` (one sequence per call, :func:`ist_hessian`'s
-    arithmetic), and the group's weights (float32). The inputs are folded into the Hessians as
-    each sequence passes (no activations are kept): ``[d, d]`` float64 + float32 per group."""
+    IST's fp32 running-average ``add_batch`` (one sequence per call, :func:`ist_add_batch`), and
+    the group's weights (float32). The inputs are folded into the Hessians as each sequence
+    passes (no activations are kept): ``[d, d]`` float64 + float32 per group."""
     from ssgr.models import load_model
     from ssgr.models.smollm2 import smollm2_dir
 
@@ -264,9 +270,7 @@ def capture_model_hessians(layers: list[int]) -> dict[int, dict]:
         x = inp[0][0].detach()
         ns = seen["n"]
         slot["raw64"] += x.double().T @ x.double()
-        slot["stock"] *= ns / (ns + 1)
-        xs = math.sqrt(2 / (ns + 1)) * x.t().float()
-        slot["stock"] += xs.matmul(xs.t())
+        ist_add_batch(slot["stock"], x, ns)
 
     for li in layers:
         layer = model.model.layers[li]
