@@ -248,7 +248,14 @@ def test_dropin_honours_an_H_set_between_batches(edit):
     assert gpt.nsamples == 3
 
 
-def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
+@pytest.fixture(scope="module")
+def late():
+    """Layer 27's ``o_proj``: ``W[576, 576]`` and IST's fp32 ``H[576, 576]`` (float32)."""
+    data = torch.load(HESSIAN_FIXTURE, weights_only=True)
+    return data["W"], data["H"]
+
+
+def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(late, monkeypatch):
     """Issue #18 item 8 on a late layer (27's ``o_proj``, stock fp32 Hessian of 16 x 256
     tokens): against float64 SparseGPT on the same H, the cpu backend (float64 Cholesky factor,
     the default) flips no more of the 331776 decisions than llm-compressor's fp32 path, at 50%
@@ -257,8 +264,7 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
     float32``, the backend's factor before the fix) flipped 62 at 2:4 with every thread count
     and 58 at 50% with 2 or 3 (0 with 1 or 4): over both patterns the fixture tells the two
     factors apart."""
-    data = torch.load(HESSIAN_FIXTURE, weights_only=True)
-    W, H = data["W"], data["H"]
+    W, H = late
     total = {"float64": 0, "float32": 0}
     for kw in PATTERNS.values():
         ref = sparsegpt_prune(W.double(), H.double(), backend="reference", **OBS, **kw).mask
@@ -274,14 +280,13 @@ def test_cpu_factor_no_more_near_tie_flips_than_llmcompressor(monkeypatch):
     assert total["float32"] > total["float64"], total
 
 
-def test_the_default_factor_is_float64(monkeypatch):
+def test_the_default_factor_is_float64(late, monkeypatch):
     """With ``SSGR_SPARSEGPT_FACTOR`` unset the backends factor in float64: on layer 27's
     ``o_proj`` at 2:4 the cpu backend's mask is the float64 factor's, not the float32 one's
     (they differ in 62 decisions with 1 to 4 threads)."""
     from ssgr.ops.sparsegpt._common import factor_dtype
 
-    data = torch.load(HESSIAN_FIXTURE, weights_only=True)
-    W, H, kw = data["W"], data["H"], PATTERNS["2:4"]
+    (W, H), kw = late, PATTERNS["2:4"]
     monkeypatch.delenv("SSGR_SPARSEGPT_FACTOR", raising=False)
     assert factor_dtype() is torch.float64
     default = sparsegpt_prune(W, H, backend="cpu", **OBS, **kw).mask
