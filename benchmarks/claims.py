@@ -66,7 +66,7 @@ from typing import Any
 import numpy as np
 
 from ssgr.errors import InputError
-from ssgr.io import write_json_atomic, write_text_atomic
+from ssgr.io import iter_jsonl, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("claims")
 
@@ -279,13 +279,11 @@ def _calib_tokens(path: Path) -> list[tuple[int, ...]] | None:
     if not path.is_file():
         return None
     seqs = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                ids = json.loads(line).get("input_ids")
-                if ids is None:
-                    return None
-                seqs.append(tuple(ids))
+    for _, row in iter_jsonl(path, "calibration"):
+        ids = row.get("input_ids")
+        if ids is None:
+            return None
+        seqs.append(tuple(ids))
     return sorted(seqs)
 
 
